@@ -1,0 +1,16 @@
+"""depgraph_prune: structural pruning for PyTorch.
+
+Pipeline: trace → graph (channel spaces, couplings, groups) → importance → plan → surgery → measure.
+
+    >>> import torch, torchvision, depgraph_prune as dp
+    >>> model = torchvision.models.resnet18()
+    >>> print(dp.prune(model, torch.randn(1, 3, 224, 224), ratio=0.5))  # doctest: +SKIP
+"""
+from .errors import PruningError, SurgeryError, TraceError
+from .graph import DependencyGraph, Group, GroupMember
+from .measure import OpCount, count_ops
+from .prune import PruneResult, build_graph, prune
+
+__all__ = ["prune", "build_graph", "count_ops", "DependencyGraph", "Group", "GroupMember", "OpCount",
+           "PruneResult", "PruningError", "SurgeryError", "TraceError"]
+__version__ = "0.1.0"

@@ -1,0 +1,88 @@
+"""Channel atoms and the couplings between them.
+
+Every prunable position of every parameter dimension is an *atom* (an integer id). Rules
+record which atoms must be removed together (``union``) and which must never be removed
+(``freeze``, with a reason). Position value ``FIXED`` (-1) marks a tensor position that is
+not backed by any parameter and therefore never changes.
+
+Unions are only collected as edge arrays; components are computed once, vectorized, by
+``scipy.sparse.csgraph.connected_components`` (a Python union-find over 10^5 atoms is far
+too slow for the build-time goal).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+FIXED = -1
+
+
+@dataclass
+class Constraint:
+    """Deferred check: for every component k, ``mult_a(k) * scale == mult_b(k)``."""
+
+    a: np.ndarray
+    b: np.ndarray
+    scale: float
+    reason: str
+
+
+@dataclass
+class AtomTable:
+    n: int = 0
+    _edges: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    freezes: list[tuple[np.ndarray, str]] = field(default_factory=list)
+    constraints: list[Constraint] = field(default_factory=list)
+
+    def new(self, shape) -> np.ndarray:
+        size = int(np.prod(shape)) if len(np.shape(shape)) else int(shape)
+        ids = np.arange(self.n, self.n + size, dtype=np.int64).reshape(shape)
+        self.n += size
+        return ids
+
+    def freeze(self, atoms: np.ndarray, reason: str) -> None:
+        atoms = np.asarray(atoms).ravel()
+        atoms = atoms[atoms >= 0]
+        if atoms.size:
+            self.freezes.append((atoms, reason))
+
+    def union(self, a: np.ndarray, b: np.ndarray, reason: str) -> None:
+        """Tie ``a`` and ``b`` elementwise (broadcasting). A real atom tied to a FIXED position is frozen."""
+        a, b = np.broadcast_arrays(np.asarray(a), np.asarray(b))
+        a, b = a.ravel(), b.ravel()
+        both = (a >= 0) & (b >= 0)
+        if both.any():
+            self._edges.append((a[both], b[both]))
+        only_a = (a >= 0) & (b < 0)
+        only_b = (b >= 0) & (a < 0)
+        if only_a.any():
+            self.freeze(a[only_a], reason)
+        if only_b.any():
+            self.freeze(b[only_b], reason)
+
+    def tie_along(self, atoms: np.ndarray, axes: tuple[int, ...], reason: str) -> np.ndarray:
+        """Tie all atoms that differ only along ``axes``; return the representatives (first index)."""
+        if not axes:
+            return atoms
+        moved = np.moveaxis(atoms, axes, tuple(range(len(axes))))
+        flat = moved.reshape(-1, *moved.shape[len(axes):])
+        rep = flat[0]
+        for other in flat[1:]:
+            # A FIXED entry freezes the real atoms tied to it, so a FIXED representative is right.
+            self.union(rep, other, reason)
+        return rep
+
+    def components(self) -> tuple[int, np.ndarray]:
+        if self.n == 0:
+            return 0, np.zeros(0, dtype=np.int64)
+        if self._edges:
+            src = np.concatenate([e[0] for e in self._edges])
+            dst = np.concatenate([e[1] for e in self._edges])
+        else:
+            src = dst = np.zeros(0, dtype=np.int64)
+        mat = coo_matrix((np.ones(src.size, dtype=np.int8), (src, dst)), shape=(self.n, self.n))
+        count, labels = connected_components(mat, directed=False)
+        return count, labels.astype(np.int64)

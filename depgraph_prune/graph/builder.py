@@ -1,0 +1,131 @@
+"""Walk a traced graph, apply the coupling rules, and produce a ``DependencyGraph``."""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .. import trace as _trace
+from . import rules_layers, rules_tensor  # noqa: F401  (registers the rules)
+from .context import BuildContext
+from .registry import FUNCTION_RULES, METHOD_RULES, MODULE_RULES
+from .rules_tensor import passthrough
+from .values import TV
+
+try:  # torchvision wraps stochastic_depth with torch.fx.wrap; it keeps the input's layout
+    from torchvision.ops import stochastic_depth as _sd
+    FUNCTION_RULES.setdefault(_sd, passthrough)
+except Exception:  # pragma: no cover - torchvision is a dependency, but keep the core importable
+    pass
+
+# Modules we have no rule for but want kept whole rather than traced into (their internals
+# check shapes against constant attributes); their channels are frozen.
+OPAQUE_TYPES: tuple[type, ...] = (nn.MultiheadAttention, nn.LSTM, nn.GRU, nn.RNN, nn.Transformer,
+                                  nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+
+
+def _template(node: fx.Node):
+    meta = node.meta.get("tensor_meta")
+    return _from_meta(meta)
+
+
+def _from_meta(meta):
+    if meta is None:
+        return None
+    if hasattr(meta, "shape") and hasattr(meta, "dtype"):
+        return TV(tuple(int(s) for s in meta.shape))
+    if isinstance(meta, (tuple, list)):
+        return type(meta)(_from_meta(m) for m in meta) if isinstance(meta, tuple) else [_from_meta(m) for m in meta]
+    if isinstance(meta, dict):
+        return {k: _from_meta(v) for k, v in meta.items()}
+    return None
+
+
+def _canonical_names(model: nn.Module) -> dict[int, str]:
+    names: dict[int, str] = {}
+    for n, t in list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False)):
+        names.setdefault(id(t), n)
+    return names
+
+
+def walk(ctx: BuildContext, gm: fx.GraphModule) -> None:
+    env: dict[fx.Node, Any] = {}
+    canonical = ctx.canonical
+    for node in gm.graph.nodes:
+        ctx.node = node
+        out = _template(node)
+        if node.op == "placeholder":
+            env[node] = out
+            continue
+        if node.op == "get_attr":
+            env[node] = _get_attr(ctx, node, out, canonical)
+            continue
+        args = fx.node.map_arg(node.args, lambda n: env.get(n))
+        kwargs = fx.node.map_arg(node.kwargs, lambda n: env.get(n))
+        if node.op == "output":
+            ctx.freeze([args, kwargs], "reaches the model output (output shapes never change)")
+            continue
+        env[node] = _apply(ctx, node, args, kwargs, out)
+
+
+def _get_attr(ctx, node, out, canonical):
+    obj = ctx.model
+    for part in node.target.split("."):
+        obj = getattr(obj, part)
+    if not isinstance(obj, torch.Tensor):
+        return None
+    name = canonical.get(id(obj), node.target)
+    kind = "param" if isinstance(obj, nn.Parameter) else "buffer"
+    track = {d: ctx.tensor_atoms(name, d, s, kind) for d, s in enumerate(obj.shape) if s > 1}
+    return TV(tuple(obj.shape), track, origin=name)
+
+
+def _apply(ctx, node, args, kwargs, out):
+    rule, module = None, None
+    if node.op == "call_module":
+        module = ctx.modules[node.target]
+        rule = MODULE_RULES.get(type(module))
+        kind = f"module {type(module).__name__}"
+    elif node.op == "call_function":
+        rule = FUNCTION_RULES.get(node.target)
+        kind = "function"
+    elif node.op == "call_method":
+        rule = METHOD_RULES.get(node.target)
+        kind = "method"
+    if rule is None:
+        ctx.freeze([args, kwargs], f"no coupling rule for {kind} {ctx.where()}")
+        return out
+    try:
+        if module is not None:
+            return rule(ctx, node, module, args, kwargs, out)
+        return rule(ctx, node, args, kwargs, out)
+    except Exception as exc:  # a rule that cannot prove its case must freeze, never guess
+        ctx.freeze([args, kwargs], f"rule for {ctx.where()} could not apply ({type(exc).__name__}: {exc})")
+        return out
+
+
+def build_context(model: nn.Module, example_inputs: Any, leaf_names: Iterable[str] = ()) -> tuple[BuildContext, list[str]]:
+    leaf_types = tuple(MODULE_RULES) + OPAQUE_TYPES
+    ctx = BuildContext(model, dict(model.named_modules()))
+    ctx.canonical = _canonical_names(model)
+    tr = _trace.trace(model, example_inputs, leaf_types=leaf_types, leaf_names=leaf_names, training=False)
+    walk(ctx, tr.gm)
+    reached = set(tr.reached_params)
+    all_params = {n for n, _ in model.named_parameters()}
+    notes = []
+    if all_params - reached:
+        # Branches that run only in training mode (auxiliary classifiers) read feature maps too:
+        # add the training-mode graph's constraints so both modes stay valid.
+        try:
+            tr2 = _trace.trace(model, example_inputs, leaf_types=leaf_types, leaf_names=leaf_names, training=True)
+            walk(ctx, tr2.gm)
+            reached |= tr2.reached_params
+        except Exception as exc:
+            notes.append(f"training-mode trace failed ({type(exc).__name__}); training-only branches not analyzed")
+    missing = sorted(all_params - reached)
+    if missing:
+        notes.append(f"{len(missing)} parameters are never used by forward (e.g. {missing[0]}); they are not pruned")
+    return ctx, notes

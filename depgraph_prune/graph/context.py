@@ -1,0 +1,115 @@
+"""State shared by the coupling rules while the graph is built."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .atoms import FIXED, AtomTable
+from .values import TV, Opaque, Sym
+
+
+@dataclass
+class Member:
+    """One parameter (or buffer, or width attribute) dimension whose positions are channels.
+
+    ``atoms[i]`` is the atom at position ``i`` of dimension ``dim`` (FIXED where fixed).
+    """
+
+    name: str
+    dim: int
+    atoms: np.ndarray
+    kind: str = "param"  # "param", "buffer" or "width" (a module attribute such as num_features)
+
+
+@dataclass
+class BuildContext:
+    model: nn.Module
+    modules: dict[str, nn.Module]
+    atoms: AtomTable = field(default_factory=AtomTable)
+    members: dict[tuple[str, int], Member] = field(default_factory=dict)
+    normalizing: list[np.ndarray] = field(default_factory=list)
+    node: fx.Node | None = None
+    canonical: dict = field(default_factory=dict)
+
+    # -- reasons ---------------------------------------------------------------------------
+    def where(self) -> str:
+        n = self.node
+        if n is None:
+            return "graph"
+        target = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
+        return f"`{target}` at node `{n.name}`"
+
+    # -- atoms of parameters -----------------------------------------------------------------
+    def tensor_atoms(self, qualname: str, dim: int, size: int, kind: str) -> np.ndarray:
+        key = (qualname, dim)
+        member = self.members.get(key)
+        if member is None:
+            member = Member(qualname, dim, self.atoms.new(size), kind)
+            self.members[key] = member
+        return member.atoms
+
+    def width_atoms(self, module_name: str, attr: str, like: np.ndarray) -> None:
+        """A width attribute (e.g. num_features of a BatchNorm without parameters) follows ``like``."""
+        key = (f"{module_name}.{attr}", 0)
+        if key not in self.members:
+            self.members[key] = Member(f"{module_name}.{attr}", 0, np.array(like, copy=True), "width")
+        else:
+            self.atoms.union(self.members[key].atoms, like, f"{self.where()}: shared module")
+
+    def param_tv(self, module_name: str, pname: str, dims: tuple[int, ...]) -> TV | None:
+        """A module's parameter as a TV with only ``dims`` tracked (None if it has no such tensor)."""
+        mod = self.modules[module_name]
+        t = getattr(mod, pname, None)
+        if not isinstance(t, torch.Tensor):
+            return None
+        qual = f"{module_name}.{pname}" if module_name else pname
+        qual = self.canonical.get(id(t), qual)  # tied weights share one set of atoms
+        kind = "param" if isinstance(t, nn.Parameter) else "buffer"
+        track = {d: self.tensor_atoms(qual, d, t.shape[d], kind) for d in dims if t.dim() > d}
+        return TV(tuple(t.shape), track, origin=qual)
+
+    def canonical_name(self, qualname: str) -> str:
+        obj = self.model
+        try:
+            for part in qualname.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            return qualname
+        return self.canonical.get(id(obj), qualname)
+
+    # -- couplings ---------------------------------------------------------------------------
+    def union(self, a: np.ndarray, b: np.ndarray, why: str = "coupled") -> None:
+        self.atoms.union(a, b, f"{why}: a fixed-size position meets a prunable one at {self.where()}")
+
+    def freeze(self, value, reason: str) -> None:
+        """Freeze every atom reachable in a (pytree of) TV / Sym / Opaque values."""
+        for v in _leaves(value):
+            if isinstance(v, TV):
+                self.atoms.freeze(v.all_atoms(), reason)
+            elif isinstance(v, (Sym, Opaque)):
+                self.atoms.freeze(v.atoms, reason)
+
+    def freeze_dims(self, tv: TV, dims, reason: str) -> None:
+        for d in dims:
+            if tv.tracked(d):
+                self.atoms.freeze(tv.track[d % tv.ndim], reason)
+
+
+def _leaves(value):
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _leaves(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _leaves(v)
+    elif isinstance(value, slice):
+        yield from _leaves((value.start, value.stop, value.step))
+    else:
+        yield value
+
+
+leaves = _leaves

@@ -1,0 +1,115 @@
+"""``DependencyGraph``: the user-facing result of ``build_graph``."""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+import networkx as nx
+import numpy as np
+from torch import nn
+
+from ..errors import PruningError
+from .builder import build_context
+from .groups import Group, make_groups
+
+
+class DependencyGraph:
+    """Channel-dependency graph of a model: its groups of coupled channels.
+
+    Example::
+
+        >>> import torch, torchvision, depgraph_prune as dp
+        >>> graph = dp.build_graph(torchvision.models.resnet18(), torch.randn(1, 3, 64, 64))
+        >>> len(graph.groups) > 0
+        True
+        >>> print(graph.summary())  # doctest: +ELLIPSIS
+        group ...
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: Any, *, ignored_layers: Iterable = (),
+                 leaf_modules: Iterable[str] = ()):
+        self.model = model
+        self.example_inputs = example_inputs
+        ctx, notes = build_context(model, example_inputs, leaf_names=list(leaf_modules))
+        self.notes = notes
+        self._ignore(ctx, ignored_layers)
+        self._ctx = ctx
+        self.groups: list[Group] = make_groups(ctx, self)
+        self._member_group = {(m.name, m.dim): g for g in self.groups for m in g.members}
+
+    # -- construction helpers ---------------------------------------------------------------
+    def _ignore(self, ctx, ignored_layers):
+        names = {id(m): n for n, m in self.model.named_modules()}
+        for item in ignored_layers:
+            name = item if isinstance(item, str) else names.get(id(item))
+            if name is None or name not in ctx.modules:
+                raise PruningError(f"ignored_layers names {item!r}, which is not a submodule of the model")
+            key = _out_key(name, ctx.modules[name])
+            member = ctx.members.get(key)
+            if member is not None:
+                ctx.atoms.freeze(member.atoms, f"`{name}` is in ignored_layers")
+
+    # -- inspection ---------------------------------------------------------------------------
+    def group_of(self, module_name: str) -> Group:
+        """The group that holds ``module_name``'s output channels."""
+        mod = self._ctx.modules.get(module_name)
+        if mod is None:
+            raise PruningError(f"group_of: the model has no submodule named {module_name!r}")
+        key = _out_key(module_name, mod)
+        g = self._member_group.get((self._ctx.canonical_name(key[0]), key[1]))
+        if g is None:
+            for (name, _), grp in self._member_group.items():
+                if name.startswith(module_name + "."):
+                    return grp
+            raise PruningError(f"group_of: {module_name!r} has no prunable output channels in the traced graph")
+        return g
+
+    def summary(self, max_members: int = 4) -> str:
+        rows = [f"{'group':>5}  {'size':>5}  {'frozen':>6}  members"]
+        for g in self.groups:
+            names = ", ".join(f"{m.name}[{m.dim}]" for m in g.members[:max_members])
+            more = f" (+{len(g.members) - max_members})" if len(g.members) > max_members else ""
+            line = f"{g.index:>5}  {g.size:>5}  {g.n_frozen:>6}  {names}{more}"
+            if g.reason and not g.prunable:
+                line += f"\n{'':>21}frozen: {g.reason}"
+            rows.append(line)
+        pr = sum(g.prunable for g in self.groups)
+        rows.append(f"{len(self.groups)} groups, {pr} prunable")
+        return "\n".join(rows)
+
+    def to_networkx(self) -> nx.Graph:
+        """Bipartite graph: group nodes ``("group", i)`` linked to parameter nodes ``(name, dim)``."""
+        g = nx.Graph()
+        for grp in self.groups:
+            g.add_node(("group", grp.index), size=grp.size, prunable=grp.prunable, reason=grp.reason)
+            for m in grp.members:
+                g.add_node((m.name, m.dim), kind=m.kind, positions=m.size)
+                g.add_edge(("group", grp.index), (m.name, m.dim))
+        return g
+
+    @property
+    def prunable_groups(self) -> list[Group]:
+        return [g for g in self.groups if g.prunable]
+
+    # -- surgery ------------------------------------------------------------------------------
+    def prune(self, plan: Mapping[Group, Sequence[int]]) -> dict:
+        """Remove the given channels of each group, all or nothing. Returns the kept indices
+        per (member name, dim). The graph is stale afterwards: build a new one to go on."""
+        from ..surgery import apply_plan
+        if getattr(self, "_stale", False):
+            raise PruningError("this graph was already used to prune its model; build a new graph")
+        record = apply_plan(self, plan)
+        self._stale = True
+        return record
+
+
+def _out_key(name: str, mod: nn.Module) -> tuple[str, int]:
+    prefix = f"{name}." if name else ""
+    if isinstance(mod, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        return (f"{prefix}weight", 1)
+    if isinstance(mod, nn.Embedding):
+        return (f"{prefix}weight", 1)
+    if getattr(mod, "weight", None) is None:
+        for attr in ("num_features", "num_channels"):
+            if hasattr(mod, attr):
+                return (f"{prefix}{attr}", 0)
+    return (f"{prefix}weight", 0)

@@ -1,0 +1,178 @@
+"""Groups: the sets of coupled channels that are pruned together, and their inspection."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from .context import BuildContext
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    """One parameter/buffer dimension (or width attribute) that a group's channels slice.
+
+    ``name`` is the qualified name (``"layer1.0.conv1.weight"``), ``dim`` the sliced dimension,
+    ``kind`` is ``"param"``, ``"buffer"`` or ``"width"`` (a module attribute such as
+    ``num_features`` of a BatchNorm without parameters).
+    """
+
+    name: str
+    dim: int
+    kind: str
+    _channel_of: np.ndarray  # group channel per position, -1 for positions the group doesn't own
+
+    def indices(self, channels: Iterable[int]) -> torch.LongTensor:
+        """Positions along ``dim`` that belong to the given group channels (a flatten→linear
+        member maps one channel to H·W positions)."""
+        ch = np.asarray(list(channels), dtype=np.int64)
+        pos = np.nonzero(np.isin(self._channel_of, ch) & (self._channel_of >= 0))[0]
+        return torch.as_tensor(pos, dtype=torch.long)
+
+    @property
+    def size(self) -> int:
+        return int(self._channel_of.size)
+
+    def __repr__(self) -> str:
+        return f"GroupMember({self.name!r}, dim={self.dim}, kind={self.kind!r})"
+
+
+class Group:
+    """A set of coupled channels. Channels are numbered ``0 .. size-1`` (prunable ones only).
+
+    Example::
+
+        >>> import torch, torchvision, depgraph_prune as dp
+        >>> m = torchvision.models.resnet18()
+        >>> g = dp.build_graph(m, torch.randn(1, 3, 64, 64)).group_of("layer1.0.conv1")
+        >>> g.size, g.prunable
+        (64, True)
+        >>> g.prune([0, 3, 5]); m.layer1[0].conv1.out_channels
+        61
+    """
+
+    def __init__(self, graph, index: int, members: list[GroupMember], size: int,
+                 frozen_reasons: Counter, n_frozen: int, comps: np.ndarray):
+        self._graph = graph
+        self.index = index
+        self.members = members
+        self.size = size
+        self.frozen_reasons = frozen_reasons
+        self.n_frozen = n_frozen
+        self._comps = comps  # component id of each prunable channel
+
+    @property
+    def prunable(self) -> bool:
+        # removing one channel must leave every member non-empty
+        return self.size > 1 or (self.size == 1 and self.n_frozen > 0)
+
+    @property
+    def reason(self) -> str | None:
+        """Why (some of) the group's channels are frozen, or None if none is."""
+        if not self.frozen_reasons:
+            return None if self.size > 1 else ("a single channel cannot be pruned" if self.size == 1 else None)
+        return self.frozen_reasons.most_common(1)[0][0]
+
+    @property
+    def modules(self) -> list[str]:
+        seen = []
+        for m in self.members:
+            owner = m.name.rsplit(".", 1)[0] if "." in m.name else ""
+            if owner not in seen:
+                seen.append(owner)
+        return seen
+
+    def prune(self, channels: Sequence[int]) -> None:
+        """Remove exactly these channels from every member, in the user's model, all or nothing."""
+        self._graph.prune({self: list(channels)})
+
+    def __repr__(self) -> str:
+        return f"<Group {self.index}: {self.size} prunable channels, {len(self.members)} members>"
+
+    def __str__(self) -> str:
+        head = f"Group {self.index}: {self.size} prunable channels"
+        if self.n_frozen:
+            head += f", {self.n_frozen} frozen"
+        lines = [head]
+        if self.frozen_reasons:
+            for r, c in self.frozen_reasons.most_common(3):
+                lines.append(f"  frozen ({c} channels): {r}")
+        for m in self.members:
+            lines.append(f"  {m.name:<48} dim {m.dim}  {m.size:>6} positions  [{m.kind}]")
+        return "\n".join(lines)
+
+
+def make_groups(ctx: BuildContext, graph) -> list[Group]:
+    table = ctx.atoms
+    ncomp, labels = table.components()
+    graph._labels, graph._ncomp = labels, ncomp
+    reasons = np.empty(ncomp, dtype=object)
+    for atoms, reason in table.freezes:
+        comps = np.unique(labels[atoms])
+        unset = comps[reasons[comps] == None]  # noqa: E711  (object array compare)
+        reasons[unset] = reason
+    for c in table.constraints:
+        _check_constraint(c, labels, ncomp, reasons)
+    members = list(ctx.members.values())
+    # link the components that a member touches: they form one group
+    src, dst = [], []
+    for m in members:
+        real = m.atoms[m.atoms >= 0]
+        if real.size > 1:
+            comps = labels[real]
+            src.append(comps[:-1]); dst.append(comps[1:])
+    if src:
+        s, d = np.concatenate(src), np.concatenate(dst)
+    else:
+        s = d = np.zeros(0, dtype=np.int64)
+    ng, glabel = connected_components(coo_matrix((np.ones(s.size, np.int8), (s, d)), shape=(ncomp, ncomp)), directed=False)
+    first_atom = np.full(ncomp, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first_atom, labels, np.arange(labels.size))
+    touched = np.zeros(ncomp, dtype=bool)
+    member_group = {}
+    for i, m in enumerate(members):
+        real = m.atoms[m.atoms >= 0]
+        if real.size:
+            touched[labels[real]] = True
+            member_group[i] = glabel[labels[real[0]]]
+    # channels of each group, ordered by first appearance
+    order = np.lexsort((first_atom, glabel))
+    groups_out = []
+    comp_channel = np.full(ncomp, -1, dtype=np.int64)
+    by_group: dict[int, list[int]] = {}
+    for i, gi in member_group.items():
+        by_group.setdefault(int(gi), []).append(i)
+    starts = np.searchsorted(glabel[order], np.arange(ng))
+    ends = np.searchsorted(glabel[order], np.arange(ng), side="right")
+    for gi in sorted(by_group, key=lambda g: first_atom[order[starts[g]]]):
+        comps = order[starts[gi]:ends[gi]]
+        comps = comps[touched[comps]]
+        frozen = reasons[comps] != None  # noqa: E711
+        live = comps[~frozen]
+        comp_channel[live] = np.arange(live.size)
+        fr = Counter(reasons[comps[frozen]].tolist())
+        gms = []
+        for i in by_group[gi]:
+            m = members[i]
+            ch = np.where(m.atoms >= 0, comp_channel[labels[np.maximum(m.atoms, 0)]], -1)
+            gms.append(GroupMember(m.name, m.dim, m.kind, ch))
+        groups_out.append(Group(graph, len(groups_out), gms, int(live.size), fr, int(frozen.sum()), live))
+    return groups_out
+
+
+def _check_constraint(c, labels, ncomp, reasons):
+    a, b = c.a[c.a >= 0], c.b[c.b >= 0]
+    fixed_a, fixed_b = (c.a < 0).sum(), (c.b < 0).sum()
+    ma = np.bincount(labels[a], minlength=ncomp) * c.scale
+    mb = np.bincount(labels[b], minlength=ncomp)
+    bad = np.nonzero(~np.isclose(ma, mb))[0]
+    if not np.isclose(fixed_a * c.scale, fixed_b):
+        bad = np.union1d(labels[a], labels[b])
+    if bad.size:
+        unset = bad[reasons[bad] == None]  # noqa: E711
+        reasons[unset] = c.reason

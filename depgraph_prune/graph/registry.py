@@ -1,0 +1,39 @@
+"""Where coupling rules are registered: by function, by tensor-method name, by module type.
+
+A rule is called as ``rule(ctx, node, args, kwargs, out)``: ``args``/``kwargs`` hold the
+builder's values (``TV``, ``Sym`` or constants) in place of fx nodes, ``out`` is the output
+as an untracked ``TV`` (or a tuple of them) built from shape propagation. The rule returns
+the output value, with tracked dims filled in. A module rule gets the module's qualified name
+as ``ctx.node.target`` and the module itself as ``module``.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+FUNCTION_RULES: dict[object, Callable] = {}
+METHOD_RULES: dict[str, Callable] = {}
+MODULE_RULES: dict[type, Callable] = {}
+
+
+def function_rule(*targets):
+    def deco(fn):
+        for t in targets:
+            FUNCTION_RULES[t] = fn
+        return fn
+    return deco
+
+
+def method_rule(*names):
+    def deco(fn):
+        for n in names:
+            METHOD_RULES[n] = fn
+        return fn
+    return deco
+
+
+def module_rule(*types):
+    def deco(fn):
+        for t in types:
+            MODULE_RULES[t] = fn
+        return fn
+    return deco

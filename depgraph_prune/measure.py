@@ -1,0 +1,96 @@
+"""Measure a model's cost: multiply-accumulates of one forward pass and parameter count.
+
+The MAC count comes from :class:`torch.utils.flop_counter.FlopCounterMode`, which sees every
+aten matmul/conv/attention op actually dispatched, so it follows whatever the model's forward
+really does (including after pruning surgery) rather than a table of per-module formulas.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ["OpCount", "count_ops", "speedup"]
+
+
+@dataclass(frozen=True)
+class OpCount:
+    """Cost of a model on a given input.
+
+    ``macs``: multiply-accumulates of one forward pass on the example inputs.
+    ``params``: number of unique parameter elements (a shared parameter is counted once).
+    """
+
+    macs: int
+    params: int
+
+    def __str__(self) -> str:
+        return f"{_human(self.macs, 'MACs')}, {_human(self.params, 'params', sep=' ')}"
+
+
+def _human(n: int, unit: str, sep: str = "") -> str:
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {prefix}{sep}{unit}"
+    return f"{n} {unit}"
+
+
+def _as_args(example_inputs) -> tuple[tuple, dict]:
+    # A tuple/list is positional args, a dict is kwargs, anything else is the single argument.
+    if isinstance(example_inputs, dict):
+        return (), dict(example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs), {}
+    return (example_inputs,), {}
+
+
+def count_ops(model: nn.Module, example_inputs) -> OpCount:
+    """Count the MACs of one forward pass of ``model`` on ``example_inputs``, and its parameters.
+
+    ``example_inputs`` is a tensor (single positional argument), a tuple/list of positional
+    arguments, or a dict of keyword arguments. Nothing is moved between devices: the inputs must
+    already live where the model does. The model is measured in eval mode (so e.g. BatchNorm
+    running statistics are not touched) and every module's ``training`` flag is restored
+    afterwards; no parameter, buffer or ``.grad`` is modified.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.Flatten(), nn.Linear(8 * 4 * 4, 10))
+    >>> ops = count_ops(net, torch.randn(1, 3, 4, 4))
+    >>> ops.macs == 8 * 3 * 9 * 16 + 128 * 10
+    True
+    >>> ops.params == 8 * 3 * 9 + 128 * 10 + 10
+    True
+    >>> print(ops)
+    4.74 KMACs, 1.51 K params
+    """
+    args, kwargs = _as_args(example_inputs)
+    # Remember each module's own flag: a model can mix train and eval submodules on purpose.
+    flags = [(m, m.training) for m in model.modules()]
+    counter = FlopCounterMode(display=False)
+    try:
+        model.eval()
+        # Grad mode ON on purpose: under no_grad, eval-mode nn.MultiheadAttention /
+        # TransformerEncoderLayer take a fused native fast path (_native_multi_head_attention)
+        # that FlopCounterMode has no formula for, so attention would silently count as zero.
+        # Nothing calls backward, and the output (with its graph) is dropped right away, so no
+        # .grad is ever populated.
+        with torch.enable_grad(), counter:
+            model(*args, **kwargs)
+    finally:
+        for m, training in flags:
+            m.training = training
+    macs = counter.get_total_flops() // 2  # the counter reports 2 FLOPs per multiply-add
+    # parameters() already de-duplicates shared Parameter objects; empty models give 0.
+    params = sum(p.numel() for p in model.parameters())
+    return OpCount(macs=int(macs), params=int(params))
+
+
+def speedup(before: OpCount, after: OpCount) -> float:
+    """Theoretical speed-up as the ratio of MACs, ``before.macs / after.macs``."""
+    if after.macs == 0:
+        raise ZeroDivisionError("speedup: the pruned model has 0 MACs")
+    return before.macs / after.macs

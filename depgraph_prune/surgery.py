@@ -1,0 +1,184 @@
+"""Step 4: the surgeon. Removes channels from the user's own modules, all or nothing.
+
+Build phase: every new tensor is made with ``index_select`` (same device and dtype) and every
+new width attribute is computed; nothing in the model is touched. Commit phase: parameters
+keep their identity (``param.data`` is swapped, so optimizers still hold the right objects,
+see ``rebuild_optimizer`` for their state), buffers and width attributes are replaced. If the
+commit fails half-way, everything done so far is rolled back.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import PruningError, SurgeryError
+
+
+def _resolve(model: nn.Module, qualname: str):
+    owner_name, _, attr = qualname.rpartition(".")
+    owner = model.get_submodule(owner_name) if owner_name else model
+    return owner, attr
+
+
+def removed_components(graph, plan: Mapping) -> np.ndarray:
+    removed = np.zeros(graph._ncomp, dtype=bool)
+    for group, channels in plan.items():
+        ch = np.asarray(list(channels), dtype=np.int64)
+        if ch.size == 0:
+            continue
+        if ch.min() < 0 or ch.max() >= group.size:
+            raise PruningError(f"group {group.index}: channel indices must lie in [0, {group.size}), got {ch.tolist()}")
+        if np.unique(ch).size != ch.size:
+            raise PruningError(f"group {group.index}: channel indices repeat: {ch.tolist()}")
+        if np.unique(ch).size == group.size and group.n_frozen == 0:
+            raise PruningError(f"group {group.index}: refusing to prune all {group.size} channels "
+                               f"(members would become empty, e.g. {group.members[0].name})")
+        removed[group._comps[ch]] = True
+    return removed
+
+
+def kept_positions(graph, removed: np.ndarray) -> dict[tuple[str, int], np.ndarray]:
+    labels = graph._labels
+    keeps = {}
+    for m in graph._ctx.members.values():
+        real = m.atoms >= 0
+        rem = np.zeros(m.atoms.shape, dtype=bool)
+        rem[real] = removed[labels[m.atoms[real]]]
+        if rem.any():
+            if rem.all():
+                raise PruningError(f"pruning would remove every position of `{m.name}` (dim {m.dim})")
+            keeps[(m.name, m.dim)] = np.nonzero(~rem)[0]
+    return keeps
+
+
+def apply_plan(graph, plan: Mapping) -> dict:
+    model = graph.model
+    removed = removed_components(graph, plan)
+    keeps = kept_positions(graph, removed)
+    if not keeps:
+        return {}
+    kinds = {(m.name, m.dim): m.kind for m in graph._ctx.members.values()}
+    # ---- build phase -------------------------------------------------------------------------
+    by_tensor: dict[str, dict[int, np.ndarray]] = {}
+    widths: dict[str, dict[str, int]] = {}
+    for (name, dim), idx in keeps.items():
+        if kinds[(name, dim)] == "width":
+            owner, attr = name.rsplit(".", 1) if "." in name else ("", name)
+            widths.setdefault(owner, {})[attr] = len(idx)
+        else:
+            by_tensor.setdefault(name, {})[dim] = idx
+    new_tensors: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+    holders: dict[int, list[tuple[nn.Module, str, str]]] = {}
+    for mod_name, mod in model.named_modules(remove_duplicate=False):
+        for attr, t in list(mod._parameters.items()) + list(mod._buffers.items()):
+            if t is not None:
+                holders.setdefault(id(t), []).append((mod, attr, mod_name))
+    with torch.no_grad():
+        for name, dims in by_tensor.items():
+            owner, attr = _resolve(model, name)
+            t = getattr(owner, attr)
+            new = _slice(t.detach(), dims)
+            grad = _slice(t.grad, dims) if isinstance(t, nn.Parameter) and t.grad is not None else None
+            new_tensors[id(t)] = (t, new, grad)
+    attr_updates = []
+    touched_modules = {}
+    for tid in new_tensors:
+        for mod, attr, mod_name in holders.get(tid, []):
+            touched_modules[id(mod)] = (mod, mod_name)
+    for owner in widths:
+        mod = model.get_submodule(owner) if owner else model
+        touched_modules[id(mod)] = (mod, owner)
+    for mod, mod_name in touched_modules.values():
+        attr_updates.extend(_width_attrs(mod, mod_name, new_tensors, widths.get(mod_name, {})))
+    # ---- commit phase ------------------------------------------------------------------------
+    undo = []
+    try:
+        for tid, (t, new, grad) in new_tensors.items():
+            if isinstance(t, nn.Parameter):
+                undo.append(("param", t, t.data, t.grad))
+                t.grad = None
+                t.data = new
+                t.grad = grad
+            else:
+                for mod, attr, _ in holders.get(tid, []):
+                    undo.append(("buffer", mod, attr, mod._buffers[attr]))
+                    mod._buffers[attr] = new
+        for mod, attr, value in attr_updates:
+            undo.append(("attr", mod, attr, getattr(mod, attr)))
+            object.__setattr__(mod, attr, value) if attr.startswith("_") else setattr(mod, attr, value)
+    except Exception as exc:
+        _rollback(undo)
+        raise SurgeryError(f"surgery failed while committing ({exc}); the model was restored") from exc
+    return {"kept": {f"{n}:{d}": idx.tolist() for (n, d), idx in keeps.items()}}
+
+
+def _rollback(undo):
+    for entry in reversed(undo):
+        if entry[0] == "param":
+            _, t, data, grad = entry
+            t.grad = None
+            t.data = data
+            t.grad = grad
+        elif entry[0] == "buffer":
+            _, mod, attr, old = entry
+            mod._buffers[attr] = old
+        else:
+            _, mod, attr, old = entry
+            setattr(mod, attr, old)
+
+
+def _slice(t: torch.Tensor, dims: dict[int, np.ndarray]) -> torch.Tensor:
+    out = t
+    for dim, idx in sorted(dims.items()):
+        out = out.index_select(dim, torch.as_tensor(idx, dtype=torch.long, device=t.device))
+    return out.clone() if out is t else out
+
+
+def _new(mod, attr, new_tensors):
+    t = getattr(mod, attr, None)
+    if isinstance(t, torch.Tensor) and id(t) in new_tensors:
+        return new_tensors[id(t)][1]
+    return t
+
+
+def _width_attrs(mod: nn.Module, name: str, new_tensors, widths: dict[str, int]):
+    """New values of the attributes that describe a module's widths."""
+    w = _new(mod, "weight", new_tensors)
+    ups = []
+    if isinstance(mod, nn.modules.conv._ConvNd):
+        g = mod.groups
+        if mod.transposed:
+            ups += [("in_channels", w.shape[0]), ("out_channels", w.shape[1] * g)]
+        elif g == 1:
+            ups += [("in_channels", w.shape[1]), ("out_channels", w.shape[0])]
+        else:
+            out_pg, in_pg = mod.out_channels // g, mod.in_channels // g
+            new_g, rest = divmod(w.shape[0], out_pg)
+            if rest:
+                raise SurgeryError(f"`{name}`: grouped convolution would lose part of a group")
+            ups += [("groups", new_g), ("in_channels", new_g * in_pg), ("out_channels", w.shape[0])]
+    elif isinstance(mod, nn.Linear):
+        ups += [("in_features", w.shape[1]), ("out_features", w.shape[0])]
+    elif isinstance(mod, nn.modules.batchnorm._NormBase):
+        ups += [("num_features", widths.get("num_features", mod.num_features))]
+    elif isinstance(mod, nn.GroupNorm):
+        c = widths.get("num_channels", mod.num_channels)
+        if mod.num_groups > 1:
+            per = mod.num_channels // mod.num_groups
+            if c % per:
+                raise SurgeryError(f"`{name}`: group norm would lose part of a group")
+            ups += [("num_groups", c // per)]
+        ups += [("num_channels", c)]
+    elif isinstance(mod, nn.LayerNorm):
+        shape = list(mod.normalized_shape)
+        for i in range(len(shape)):
+            shape[i] = widths.get(f"normalized_shape[{i}]", shape[i])
+        ups += [("normalized_shape", tuple(shape))]
+    elif isinstance(mod, nn.PReLU):
+        ups += [("num_parameters", w.shape[0])]
+    elif isinstance(mod, nn.Embedding):
+        ups += [("embedding_dim", w.shape[1])]
+    return [(mod, a, v) for a, v in ups if getattr(mod, a, None) != v]

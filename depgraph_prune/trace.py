@@ -1,0 +1,128 @@
+"""Step 1 of the pipeline: trace a model with ``torch.fx`` and propagate shapes.
+
+The trace is for analysis only; surgery always works on the user's own module.
+Shape propagation runs under a ``FakeTensorMode`` on fake copies of the parameters, so
+it allocates no real memory, never touches the model's weights or BatchNorm statistics,
+and also works for models on the ``meta`` device.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.passes.shape_prop import ShapeProp
+from torch.nn.utils import stateless
+from torch.utils import _pytree as pytree
+
+from .errors import TraceError
+
+
+def normalize_inputs(example_inputs: Any) -> tuple[tuple, dict]:
+    """A tuple/list is positional args, a dict is keyword args, anything else one positional arg."""
+    if isinstance(example_inputs, dict):
+        return (), dict(example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs), {}
+    return (example_inputs,), {}
+
+
+class _Tracer(fx.Tracer):
+    def __init__(self, leaf_types: tuple[type, ...], leaf_names: frozenset[str]):
+        super().__init__()
+        self._leaf_types = leaf_types
+        self._leaf_names = leaf_names
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        # Exact type match: subclasses (e.g. torchvision's LayerNorm2d, which permutes inside
+        # its forward) must be traced through, not treated as their base class.
+        if type(m) in self._leaf_types or qualname in self._leaf_names:
+            return True
+        return super().is_leaf_module(m, qualname)
+
+
+@contextlib.contextmanager
+def _modes(model: nn.Module, training: bool):
+    """Temporarily set every module's mode; restore each module's own flag afterwards."""
+    saved = [(m, m.training) for m in model.modules()]
+    try:
+        for m, _ in saved:
+            m.training = training
+        yield
+    finally:
+        for m, flag in saved:
+            m.training = flag
+
+
+@dataclass
+class Trace:
+    """A traced graph with shapes: ``node.meta['tensor_meta']`` holds each node's output meta."""
+
+    gm: fx.GraphModule
+    training: bool
+    reached_params: set[str] = field(default_factory=set)
+
+
+def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] = (),
+          leaf_names: Iterable[str] = (), training: bool = False) -> Trace:
+    """Trace ``model`` symbolically in the given mode and attach shapes from ``example_inputs``."""
+    args, kwargs = normalize_inputs(example_inputs)
+    tracer = _Tracer(tuple(leaf_types), frozenset(leaf_names))
+    concrete = None
+    with _modes(model, training):
+        try:
+            graph = tracer.trace(model, concrete_args=concrete)
+        except Exception as exc:  # fx raises many types; all mean "not traceable as a whole"
+            raise TraceError(
+                f"torch.fx could not trace {type(model).__name__}.forward: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}. Make the failing submodule a leaf "
+                f"(leaf_modules=[...]) or prune a traceable submodule instead (for a detector, "
+                f"its .backbone with a backbone-shaped example input).") from exc
+        gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+        _propagate_shapes(gm, model, args, kwargs)
+    reached = set()
+    named_modules = dict(model.named_modules())
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            reached.add(node.target)
+        elif node.op == "call_module":
+            mod = named_modules[node.target]
+            reached.update(f"{node.target}.{n}" for n, _ in mod.named_parameters())
+    return Trace(gm, training, reached)
+
+
+def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, args: tuple, kwargs: dict) -> None:
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    flat_args = list(args)
+    for node in placeholders[len(args):]:
+        if node.target in kwargs:
+            flat_args.append(kwargs[node.target])
+        elif node.args:  # default value recorded by fx
+            flat_args.append(node.args[0])
+        else:
+            raise TraceError(f"example_inputs gives no value for the forward argument '{node.target}'")
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    state = {**dict(gm.named_parameters(remove_duplicate=False)),
+             **dict(gm.named_buffers(remove_duplicate=False))}
+    try:
+        with fake_mode:
+            fake_state = {k: fake_mode.from_tensor(v) for k, v in state.items()}
+        fake_args = pytree.tree_map_only(torch.Tensor, fake_mode.from_tensor, flat_args)
+        with stateless._reparametrize_module(gm, fake_state), torch.no_grad():
+            ShapeProp(gm, fake_mode=fake_mode).propagate(*fake_args)
+    except Exception as fake_exc:
+        # Some ops have no fake/meta kernel: fall back to a real forward (still no_grad, and on
+        # clones of the buffers so BatchNorm statistics are not updated).
+        try:
+            real_state = {k: v.detach().clone() for k, v in gm.named_buffers(remove_duplicate=False)}
+            with stateless._reparametrize_module(gm, real_state), torch.no_grad():
+                ShapeProp(gm).propagate(*flat_args)
+        except Exception as exc:
+            raise TraceError(
+                f"running the traced {type(model).__name__} on example_inputs failed: "
+                f"{type(exc).__name__}: {exc}. Check that example_inputs has the shape and dtype "
+                f"the model expects.") from fake_exc
