@@ -1,9 +1,9 @@
 """Step 1 of the pipeline: trace a model with ``torch.fx`` and propagate shapes.
 
 The trace is for analysis only; surgery always works on the user's own module.
-Shape propagation runs under a ``FakeTensorMode`` on fake copies of the parameters, so
-it allocates no real memory, never touches the model's weights or BatchNorm statistics,
-and also works for models on the ``meta`` device.
+Shape propagation runs on ``meta``-device copies of the parameters and inputs, so it
+allocates no real memory, never touches the model's weights or BatchNorm statistics, and
+also works for models on the ``meta`` device.
 """
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ from typing import Any, Iterable
 import torch
 import torch.fx as fx
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.fx.passes.shape_prop import ShapeProp
+from torch.fx.passes.shape_prop import _extract_tensor_metadata
 from torch.nn.utils import stateless
 from torch.utils import _pytree as pytree
 
@@ -95,6 +94,26 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] =
     return Trace(gm, training, reached)
 
 
+class _ShapeRecorder(fx.Interpreter):
+    """Runs the graph and records each node's output metadata (like fx's ShapeProp, without
+    ShapeProp's deep copy of the module)."""
+
+    def run_node(self, n: fx.Node):
+        result = super().run_node(n)
+        found = []
+
+        def meta(x):
+            if isinstance(x, torch.Tensor):
+                found.append(True)
+                return _extract_tensor_metadata(x)
+            return x
+
+        tm = pytree.tree_map(meta, result)
+        if found:
+            n.meta["tensor_meta"] = tm
+        return result
+
+
 def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, args: tuple, kwargs: dict) -> None:
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     flat_args = list(args)
@@ -105,24 +124,26 @@ def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, args: tuple, kwargs:
             flat_args.append(node.args[0])
         else:
             raise TraceError(f"example_inputs gives no value for the forward argument '{node.target}'")
-    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
     state = {**dict(gm.named_parameters(remove_duplicate=False)),
              **dict(gm.named_buffers(remove_duplicate=False))}
-    try:
-        with fake_mode:
-            fake_state = {k: fake_mode.from_tensor(v) for k, v in state.items()}
-        fake_args = pytree.tree_map_only(torch.Tensor, fake_mode.from_tensor, flat_args)
-        with stateless._reparametrize_module(gm, fake_state), torch.no_grad():
-            ShapeProp(gm, fake_mode=fake_mode).propagate(*fake_args)
-    except Exception as fake_exc:
-        # Some ops have no fake/meta kernel: fall back to a real forward (still no_grad, and on
-        # clones of the buffers so BatchNorm statistics are not updated).
+    # BatchNorm in training mode refuses batch 1; the trace is already fixed, so shapes can be
+    # propagated with every module in eval mode.
+    with _modes(gm, False), torch.no_grad():
+        try:
+            # meta tensors: shapes only, no memory, and the model's own tensors are never touched
+            meta_state = {k: v.detach().to("meta") for k, v in state.items()}
+            meta_args = pytree.tree_map_only(torch.Tensor, lambda t: t.detach().to("meta"), flat_args)
+            with stateless._reparametrize_module(gm, meta_state):
+                _ShapeRecorder(gm).run(*meta_args)
+            return
+        except Exception:
+            pass  # some ops have no meta kernel or compare devices: use real tensors
         try:
             real_state = {k: v.detach().clone() for k, v in gm.named_buffers(remove_duplicate=False)}
-            with stateless._reparametrize_module(gm, real_state), torch.no_grad():
-                ShapeProp(gm).propagate(*flat_args)
+            with stateless._reparametrize_module(gm, real_state):
+                _ShapeRecorder(gm).run(*flat_args)
         except Exception as exc:
             raise TraceError(
                 f"running the traced {type(model).__name__} on example_inputs failed: "
                 f"{type(exc).__name__}: {exc}. Check that example_inputs has the shape and dtype "
-                f"the model expects.") from fake_exc
+                f"the model expects.") from exc

@@ -83,7 +83,7 @@ class BuildContext:
 
     # -- couplings ---------------------------------------------------------------------------
     def union(self, a: np.ndarray, b: np.ndarray, why: str = "coupled") -> None:
-        self.atoms.union(a, b, f"{why}: a fixed-size position meets a prunable one at {self.where()}")
+        self.atoms.union(a, b, f"{why} at {self.where()} meets a fixed-size tensor (a model input, or a width no rule can change)")
 
     def freeze(self, value, reason: str) -> None:
         """Freeze every atom reachable in a (pytree of) TV / Sym / Opaque values."""
