@@ -74,8 +74,9 @@ def count_ops(model: nn.Module, example_inputs) -> OpCount:
     try:
         model.eval()
         # Grad mode ON on purpose: under no_grad, eval-mode nn.MultiheadAttention /
-        # TransformerEncoderLayer take a fused native fast path (_native_multi_head_attention)
-        # that FlopCounterMode has no formula for, so attention would silently count as zero.
+        # TransformerEncoderLayer take a fused native fast path (_native_multi_head_attention,
+        # _transformer_encoder_layer_fwd) that FlopCounterMode has no formula for, so the whole
+        # block, projections and feed-forward included, would silently count as zero MACs.
         # Nothing calls backward, and the output (with its graph) is dropped right away, so no
         # .grad is ever populated.
         with torch.enable_grad(), counter:

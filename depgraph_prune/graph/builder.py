@@ -38,7 +38,7 @@ def _from_meta(meta):
     if hasattr(meta, "shape") and hasattr(meta, "dtype"):
         return TV(tuple(int(s) for s in meta.shape))
     if isinstance(meta, (tuple, list)):
-        return type(meta)(_from_meta(m) for m in meta) if isinstance(meta, tuple) else [_from_meta(m) for m in meta]
+        return tuple(_from_meta(m) for m in meta)  # namedtuples become plain tuples
     if isinstance(meta, dict):
         return {k: _from_meta(v) for k, v in meta.items()}
     return None
@@ -119,12 +119,15 @@ def build_context(model: nn.Module, example_inputs: Any, leaf_names: Iterable[st
     if all_params - reached:
         # Branches that run only in training mode (auxiliary classifiers) read feature maps too:
         # add the training-mode graph's constraints so both modes stay valid.
+        snapshot = ctx.snapshot()
         try:
             tr2 = _trace.trace(model, example_inputs, leaf_types=leaf_types, leaf_names=leaf_names, training=True)
             walk(ctx, tr2.gm)
             reached |= tr2.reached_params
         except Exception as exc:
-            notes.append(f"training-mode trace failed ({type(exc).__name__}); training-only branches not analyzed")
+            ctx.restore(snapshot)  # a half-walked graph would be inconsistent
+            notes.append(f"training-mode trace failed ({type(exc).__name__}: {exc}); branches that run "
+                         f"only in training mode were not analyzed, so use the pruned model in eval mode")
     missing = sorted(all_params - reached)
     if missing:
         notes.append(f"{len(missing)} parameters are never used by forward (e.g. {missing[0]}); they are not pruned")

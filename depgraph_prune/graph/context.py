@@ -35,6 +35,16 @@ class BuildContext:
     node: fx.Node | None = None
     canonical: dict = field(default_factory=dict)
 
+    def snapshot(self):
+        a = self.atoms
+        return (a.n, len(a._edges), len(a.freezes), len(a.constraints), dict(self.members), len(self.normalizing))
+
+    def restore(self, snap) -> None:
+        a = self.atoms
+        a.n = snap[0]
+        del a._edges[snap[1]:], a.freezes[snap[2]:], a.constraints[snap[3]:], self.normalizing[snap[5]:]
+        self.members = snap[4]
+
     # -- reasons ---------------------------------------------------------------------------
     def where(self) -> str:
         n = self.node
