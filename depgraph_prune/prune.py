@@ -95,8 +95,9 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float = 0.5, importance=
     """
     _check_ratio(ratio)
     scorer = _imp.resolve(importance)
-    before = count_ops(model, example_inputs)
+    # the graph first: a bad example input gets the tracer's clear message
     graph = build_graph(model, example_inputs, ignored_layers=ignored_layers, leaf_modules=leaf_modules)
+    before = count_ops(model, example_inputs)
     plan = {}
     for g in graph.prunable_groups:
         n = min(math.ceil(ratio * g.size), g.size - (0 if g.n_frozen else 1))

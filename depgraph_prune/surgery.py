@@ -112,7 +112,8 @@ def apply_plan(graph, plan: Mapping) -> dict:
     except Exception as exc:
         _rollback(undo)
         raise SurgeryError(f"surgery failed while committing ({exc}); the model was restored") from exc
-    return {"kept": {f"{n}:{d}": idx.tolist() for (n, d), idx in keeps.items()}}
+    return {"kept": {f"{n}:{d}": idx.tolist() for (n, d), idx in keeps.items()},
+            "undo": lambda: _rollback(undo)}
 
 
 def _rollback(undo):
@@ -182,3 +183,47 @@ def _width_attrs(mod: nn.Module, name: str, new_tensors, widths: dict[str, int])
     elif isinstance(mod, nn.Embedding):
         ups += [("embedding_dim", w.shape[1])]
     return [(mod, a, v) for a, v in ups if getattr(mod, a, None) != v]
+
+
+def output_structure(out):
+    if isinstance(out, torch.Tensor):
+        return tuple(int(s) for s in out.shape)
+    if isinstance(out, (tuple, list)):
+        return [output_structure(o) for o in out]
+    if isinstance(out, dict):
+        return {k: output_structure(v) for k, v in out.items()}
+    return None
+
+
+def check_runs(model: nn.Module, example_inputs, expected) -> str | None:
+    """Run ``model`` once on meta copies of its tensors; return what went wrong, or None."""
+    from torch.nn.utils import stateless
+    from torch.utils import _pytree as pytree
+
+    from .trace import _modes, normalize_inputs
+    args, kwargs = normalize_inputs(example_inputs)
+    state = {**dict(model.named_parameters(remove_duplicate=False)),
+             **dict(model.named_buffers(remove_duplicate=False))}
+    to_meta = lambda t: t.detach().to("meta")  # noqa: E731
+    try:
+        with _modes(model, False), torch.no_grad():
+            meta_state = {k: to_meta(v) for k, v in state.items()}
+            margs = pytree.tree_map_only(torch.Tensor, to_meta, (args, kwargs))
+            with stateless._reparametrize_module(model, meta_state):
+                out = model(*margs[0], **margs[1])
+    except NotImplementedError:
+        return None  # an op without a meta kernel: nothing learned either way
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    got = output_structure(out)
+    if expected is not None and _flat(got) != _flat(expected):
+        return f"output shapes changed from {expected} to {got}"
+    return None
+
+
+def _flat(s):
+    if isinstance(s, dict):
+        return [_flat(v) for _, v in sorted(s.items())]
+    if isinstance(s, list):
+        return [_flat(v) for v in s]
+    return s

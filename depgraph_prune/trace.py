@@ -94,12 +94,20 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] =
     return Trace(gm, training, reached)
 
 
+class _NodeFailure(RuntimeError):
+    pass
+
+
 class _ShapeRecorder(fx.Interpreter):
     """Runs the graph and records each node's output metadata (like fx's ShapeProp, without
     ShapeProp's deep copy of the module)."""
 
     def run_node(self, n: fx.Node):
-        result = super().run_node(n)
+        try:
+            result = super().run_node(n)
+        except Exception as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise _NodeFailure(f"at node `{n.name}` ({n.format_node()[:120]}): {type(exc).__name__}: {msg}") from exc
         found = []
 
         def meta(x):
@@ -144,6 +152,5 @@ def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, args: tuple, kwargs:
                 _ShapeRecorder(gm).run(*flat_args)
         except Exception as exc:
             raise TraceError(
-                f"running the traced {type(model).__name__} on example_inputs failed: "
-                f"{type(exc).__name__}: {exc}. Check that example_inputs has the shape and dtype "
-                f"the model expects.") from exc
+                f"example_inputs: running {type(model).__name__} on them failed {str(exc).splitlines()[0]}. Check that "
+                f"example_inputs has the shape and dtype the model expects.") from exc

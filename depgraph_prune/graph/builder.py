@@ -67,8 +67,34 @@ def walk(ctx: BuildContext, gm: fx.GraphModule) -> None:
         kwargs = fx.node.map_arg(node.kwargs, lambda n: env.get(n))
         if node.op == "output":
             ctx.freeze([args, kwargs], "reaches the model output (output shapes never change)")
+            if ctx.output_structure is None:
+                ctx.output_structure = _structure(node.args[0])
             continue
         env[node] = _apply(ctx, node, args, kwargs, out)
+
+
+def _structure(arg):
+    """Nested shapes of the traced outputs, to compare against the pruned model's outputs."""
+    if isinstance(arg, fx.Node):
+        tm = arg.meta.get("tensor_meta")
+        return _meta_structure(tm)
+    if isinstance(arg, (tuple, list)):
+        return [_structure(a) for a in arg]
+    if isinstance(arg, dict):
+        return {k: _structure(v) for k, v in arg.items()}
+    return None
+
+
+def _meta_structure(tm):
+    if tm is None:
+        return None
+    if hasattr(tm, "shape") and hasattr(tm, "dtype"):
+        return tuple(int(s) for s in tm.shape)
+    if isinstance(tm, (tuple, list)):
+        return [_meta_structure(t) for t in tm]
+    if isinstance(tm, dict):
+        return {k: _meta_structure(v) for k, v in tm.items()}
+    return None
 
 
 def _get_attr(ctx, node, out, canonical):

@@ -34,6 +34,7 @@ class BuildContext:
     normalizing: list[np.ndarray] = field(default_factory=list)
     node: fx.Node | None = None
     canonical: dict = field(default_factory=dict)
+    output_structure: object = None
 
     def snapshot(self):
         a = self.atoms

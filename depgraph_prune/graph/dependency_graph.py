@@ -33,6 +33,7 @@ class DependencyGraph:
         self.notes = notes
         self._ignore(ctx, ignored_layers)
         self._ctx = ctx
+        self._output_structure = ctx.output_structure
         self.groups: list[Group] = make_groups(ctx, self)
         self._member_group = {(m.name, m.dim): g for g in self.groups for m in g.members}
 
@@ -91,13 +92,24 @@ class DependencyGraph:
         return [g for g in self.groups if g.prunable]
 
     # -- surgery ------------------------------------------------------------------------------
-    def prune(self, plan: Mapping[Group, Sequence[int]]) -> dict:
+    def prune(self, plan: Mapping[Group, Sequence[int]], *, validate: bool = True) -> dict:
         """Remove the given channels of each group, all or nothing. Returns the kept indices
-        per (member name, dim). The graph is stale afterwards: build a new one to go on."""
-        from ..surgery import apply_plan
+        per ``"name:dim"``. The graph is stale afterwards: build a new one to go on.
+
+        With ``validate`` (default) the pruned model is run once on the example inputs (on meta
+        tensors, so without real compute); if it fails or its output structure changed, the
+        surgery is undone and ``SurgeryError`` is raised: a broken model never comes out."""
+        from ..surgery import apply_plan, check_runs
         if getattr(self, "_stale", False):
             raise PruningError("this graph was already used to prune its model; build a new graph")
         record = apply_plan(self, plan)
+        if validate and record:
+            problem = check_runs(self.model, self.example_inputs, self._output_structure)
+            if problem:
+                record["undo"]()
+                raise SurgeryError(f"the pruned model failed its check ({problem}); the surgery was undone. "
+                                   f"Please report this model: a coupling rule is missing a case.")
+        record.pop("undo", None)
         self._stale = True
         return record
 

@@ -281,7 +281,7 @@ class TPP(Method):
                 n = w.shape[sl.dim]
                 W = w.movedim(sl.dim, 0).reshape(n, -1)
                 G = W @ W.t()
-                loss = (sl.gram_mask(w) * G.pow(2)).sum() / float(n * n)
+                loss = (sl.gram_mask(gs, w) * G.pow(2)).sum() / float(n * n)
                 total = loss if total is None else total + loss
         if total is None:
             return pruner._zero()
