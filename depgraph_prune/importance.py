@@ -264,10 +264,8 @@ class BNScale(Importance):
     """
 
     def _contributes(self, model, member):
-        if member.kind != "param" or not member.name.endswith("weight"):
-            return False
         owner, _, attr = member.name.rpartition(".")
-        if attr != "weight":
+        if member.kind != "param" or attr != "weight":
             return False
         try:
             mod = model.get_submodule(owner)
@@ -482,12 +480,15 @@ class GradientImportance(Importance):
         self.n_batches = n
         return self
 
-    def _stat(self, name: str, tensor: torch.Tensor):
+    def _require_stats(self):
         if self.stats is None:
             raise PruningError(
                 f"{type(self).__name__} scores channels with gradients and has no calibration data: pass "
                 "calibration=[(inputs, targets), ...] (and optionally loss_fn=) to dp.prune, or call "
                 f".accumulate(model, calibration) on the criterion before scoring")
+
+    def _stat(self, name: str, tensor: torch.Tensor):
+        self._require_stats()
         stat = self.stats.get(name)
         if stat is None or not self._stat_fits(stat, tensor):
             raise PruningError(
@@ -499,8 +500,7 @@ class GradientImportance(Importance):
         return tuple(stat.shape) == tuple(tensor.shape)
 
     def __call__(self, group: Group) -> torch.Tensor:
-        if self.stats is None:
-            self._stat("", torch.empty(0))  # raises the calibration error
+        self._require_stats()
         return super().__call__(group)
 
 

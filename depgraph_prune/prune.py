@@ -104,7 +104,8 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float = 0.5, importance=
         chans = select_channels(g, scorer(g), n)
         if chans:
             plan[g] = chans
-    widths = [(g.members[0].name, g.size + g.n_frozen, g.size + g.n_frozen - len(c)) for g, c in plan.items()]
+    widths = [(g.members[0].name, g.members[0].size, g.members[0].size - len(g.members[0].indices(c)))
+              for g, c in plan.items()]
     record = graph.prune(plan) if plan else {}
     after = count_ops(model, example_inputs)
     return PruneResult(before, after, widths, record)

@@ -180,8 +180,18 @@ def _width_attrs(mod: nn.Module, name: str, new_tensors, widths: dict[str, int])
         ups += [("normalized_shape", tuple(shape))]
     elif isinstance(mod, nn.PReLU):
         ups += [("num_parameters", w.shape[0])]
+    elif isinstance(mod, nn.MultiheadAttention):
+        e = _new(mod, "in_proj_weight", new_tensors).shape[1]
+        if e % mod.head_dim:
+            raise SurgeryError(f"`{name}`: attention would lose part of a head")
+        ups += [("embed_dim", e), ("kdim", e), ("vdim", e), ("num_heads", e // mod.head_dim)]
     elif isinstance(mod, nn.Embedding):
         ups += [("embedding_dim", w.shape[1])]
+    handled = {a for a, _ in ups}
+    for attr, value in widths.items():
+        # a plain integer attribute that forward reads as a width (e.g. ViT's hidden_dim)
+        if "[" not in attr and attr not in handled and isinstance(getattr(mod, attr, None), int):
+            ups.append((attr, value))
     return [(mod, a, v) for a, v in ups if getattr(mod, a, None) != v]
 
 

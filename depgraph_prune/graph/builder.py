@@ -9,7 +9,7 @@ import torch.fx as fx
 from torch import nn
 
 from .. import trace as _trace
-from . import rules_layers, rules_tensor  # noqa: F401  (registers the rules)
+from . import rules_attention, rules_layers, rules_tensor  # noqa: F401  (registers the rules)
 from .context import BuildContext
 from .registry import FUNCTION_RULES, METHOD_RULES, MODULE_RULES
 from .rules_tensor import passthrough
@@ -23,7 +23,7 @@ except Exception:  # pragma: no cover - torchvision is a dependency, but keep th
 
 # Modules we have no rule for but want kept whole rather than traced into (their internals
 # check shapes against constant attributes); their channels are frozen.
-OPAQUE_TYPES: tuple[type, ...] = (nn.MultiheadAttention, nn.LSTM, nn.GRU, nn.RNN, nn.Transformer,
+OPAQUE_TYPES: tuple[type, ...] = (nn.LSTM, nn.GRU, nn.RNN, nn.Transformer,
                                   nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 
 

@@ -12,6 +12,9 @@ from .atoms import FIXED, AtomTable
 from .values import TV, Opaque, Sym
 
 
+_WIDTH_WORDS = ("dim", "channel", "feature", "width", "hidden", "embed", "planes")
+
+
 @dataclass
 class Member:
     """One parameter (or buffer, or width attribute) dimension whose positions are channels.
@@ -91,6 +94,23 @@ class BuildContext:
         except AttributeError:
             return qualname
         return self.canonical.get(id(obj), qualname)
+
+    def attribute_for_constant(self, value: int) -> tuple[str, str] | None:
+        """The one integer attribute, on the innermost module running this node, equal to
+        ``value`` and named like a width; None when there is none or it is ambiguous."""
+        stack = self.node.meta.get("nn_module_stack") or {}
+        paths = [""] + [v[0] if isinstance(v, tuple) else k for k, v in stack.items()]
+        for path in reversed(paths):
+            mod = self.modules.get(path)
+            if mod is None:
+                continue
+            hits = [a for a, v in vars(mod).items() if type(v) is int and v == value
+                    and not a.startswith("_") and any(w in a for w in _WIDTH_WORDS)]
+            if len(hits) == 1:
+                return path, hits[0]
+            if hits:
+                return None
+        return None
 
     # -- couplings ---------------------------------------------------------------------------
     def union(self, a: np.ndarray, b: np.ndarray, why: str = "coupled") -> None:

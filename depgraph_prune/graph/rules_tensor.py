@@ -333,6 +333,15 @@ def reshape(ctx, x: TV, out: TV, sizes) -> TV:
         cands = [j for j in bo if isinstance(kinds[j], Sym)]
         if not cands:
             cands = [j for j in bo if kinds[j] in (INFER, FREE)]
+        width_attr = None
+        if not cands:
+            # a constant read from a module attribute (ViT's `self.hidden_dim`): the surgeon can
+            # update that attribute, so the dim may change after all
+            for j in bo:
+                if isinstance(kinds[j], int) and not isinstance(kinds[j], bool):
+                    found = ctx.attribute_for_constant(kinds[j])
+                    if found and len([k for k in bo if isinstance(kinds[k], int)]) == 1:
+                        cands, width_attr = [j], found
         if len(cands) != 1:
             consts = [kinds[j] for j in bo if isinstance(kinds[j], int)]
             why = (f"reshape with constant size {consts[0] if len(consts) == 1 else tuple(consts)}"
@@ -345,6 +354,8 @@ def reshape(ctx, x: TV, out: TV, sizes) -> TV:
         rep = ctx.atoms.tie_along(np.moveaxis(field, axis, -1), tuple(range(len(bo) - 1)),
                                   f"reshape splits a prunable dim at {ctx.where()}")
         out.track[j] = rep
+        if width_attr is not None:
+            ctx.width_atoms(width_attr[0], width_attr[1], rep)
         if isinstance(kinds[j], Sym):
             used_syms.add(j)
             s = kinds[j]
