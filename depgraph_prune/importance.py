@@ -533,11 +533,14 @@ class Taylor(GradientImportance):
         return [[] for _ in range(p.dim())]
 
     def _update_stat(self, stat, w, g):
+        dev = w.device if w.device.type != "mps" else torch.device("cpu")  # MPS has no float64
         if g is None:
             for d, lst in enumerate(stat):
-                lst.append(torch.zeros(w.shape[d], dtype=torch.float64, device=w.device))
+                lst.append(torch.zeros(w.shape[d], dtype=torch.float64, device=dev))
             return
-        prod = w.to(torch.float64) * g.to(torch.float64)
+        # float64: the dot products cancel heavily (a conv followed by BatchNorm in train mode is
+        # scale-invariant, so w · dL/dw is ~0 over its filter)
+        prod = w.to(dev).to(torch.float64) * g.to(dev).to(torch.float64)
         for d, lst in enumerate(stat):
             other = [i for i in range(prod.dim()) if i != d]
             lst.append(prod.sum(dim=other) if other else prod.clone())
@@ -579,14 +582,15 @@ class Hessian(GradientImportance):
     """
 
     def _init_stat(self, p):
-        return torch.zeros(p.shape, dtype=torch.float64, device=p.device)
+        return torch.zeros(p.shape, dtype=torch.promote_types(p.dtype, torch.float32), device=p.device)
 
     def _update_stat(self, stat, w, g):
         if g is not None:
-            stat += g.to(torch.float64).pow(2)
+            g = g.to(stat.dtype)
+            stat.addcmul_(g, g)
 
     def _finish_stat(self, stat):
-        return stat.cpu()
+        return stat.cpu().to(torch.float64)
 
     def _member_scores(self, model, member, tensor, size):
         fisher = self._stat(member.name, tensor)

@@ -1,18 +1,19 @@
-"""The one-call API: ``prune(model, example_inputs, ratio=...)``."""
+"""The one-call API: ``prune(model, example_inputs, ...)`` and ``build_graph``."""
 from __future__ import annotations
 
-import math
+import copy
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
-import numpy as np
 import torch
 from torch import nn
+from torch.utils import _pytree as pytree
 
 from . import importance as _imp
 from .errors import PruningError
-from .graph import DependencyGraph, Group
+from .graph import DependencyGraph
 from .measure import OpCount, count_ops
+from .plan import check_ratio, global_plan, group_ratios, local_plan, select_channels  # noqa: F401
 
 
 def build_graph(model: nn.Module, example_inputs: Any, *, ignored_layers: Iterable = (),
@@ -36,7 +37,8 @@ class PruneResult:
     before: OpCount
     after: OpCount
     widths: list[tuple[str, int, int]] = field(default_factory=list)  # (first member, before, after)
-    record: dict = field(default_factory=dict)
+    records: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def speedup(self) -> float:
@@ -53,37 +55,131 @@ class PruneResult:
             lines.append(f"  {name:<44} {w0:>6} -> {w1:<6}")
         if len(self.widths) > 12:
             lines.append(f"  ... {len(self.widths) - 12} more")
+        lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
 
-def select_channels(group: Group, scores: torch.Tensor, n_prune: int) -> list[int]:
-    """The ``n_prune`` lowest-scoring channels, never emptying a member."""
-    if n_prune <= 0:
-        return []
-    s = np.asarray(scores.detach().cpu().double())
-    order = np.argsort(s, kind="stable")
-    chosen = np.zeros(group.size, dtype=bool)
-    chosen[order[:n_prune]] = True
-    for m in group.members:
-        ch = m._channel_of
-        if (ch < 0).any():
-            continue  # the member keeps fixed positions anyway
-        mine = np.unique(ch)
-        if chosen[mine].all():
-            chosen[mine[np.argmax(s[mine])]] = False
-    return np.nonzero(chosen)[0].tolist()
+def _meta_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose parameters and buffers live on the meta device (no memory)."""
+    memo = {}
+    for t in list(model.parameters()) + list(model.buffers()):
+        meta = t.detach().to("meta")
+        memo[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
+    return copy.deepcopy(model, memo)
 
 
-def _check_ratio(ratio, name="ratio"):
-    if not isinstance(ratio, (int, float)) or not (0.0 <= float(ratio) < 1.0) or math.isnan(float(ratio)):
-        raise PruningError(f"{name} must be a number in [0, 1), got {ratio!r}")
+def _to_meta(inputs):
+    return pytree.tree_map_only(torch.Tensor, lambda t: t.detach().to("meta"), inputs)
 
 
-def prune(model: nn.Module, example_inputs: Any, ratio: float = 0.5, importance="l1", *,
-          ignored_layers: Iterable = (), leaf_modules: Iterable[str] = ()) -> PruneResult:
-    """Prune ``model`` in place: remove ``ceil(ratio * size)`` channels of every prunable group
-    (at least one kept), lowest importance first. Returns a ``PruneResult``; ``print`` it for a
-    before/after table.
+def _plan(graph, scorer, ratio, ratios, global_ranking, max_ratio, round_to, min_channels):
+    if global_ranking:
+        if ratios is not None:
+            raise PruningError("global_ranking=True takes one `ratio`, not `ratios`")
+        return global_plan(graph, scorer, check_ratio(0.5 if ratio is None else ratio), max_ratio, round_to,
+                           min_channels)
+    return local_plan(graph, scorer, group_ratios(graph, ratio, ratios), round_to, min_channels)
+
+
+def _scale(ratio, ratios, factor: float):
+    """Ratios for one of several rounds: keep fraction (1-r)^factor each round."""
+    f = lambda r: 1 - (1 - r) ** factor  # noqa: E731
+    return (None if ratio is None else f(ratio)), (None if ratios is None else {k: f(v) for k, v in ratios.items()})
+
+
+def _macs_of_plan(model, graph, plan, meta_inputs) -> int:
+    """MACs after ``plan``, measured on a weightless meta copy pruned with the same graph."""
+    from .surgery import apply_plan
+    clone = _meta_copy(model)
+    shadow = copy.copy(graph)
+    shadow.model = clone
+    if plan:
+        apply_plan(shadow, plan)
+    return count_ops(clone, meta_inputs).macs
+
+
+def _search_plan(model, example_inputs, graph, scorer, target_macs, kw) -> dict:
+    """A plan whose MACs land on ``target_macs``: bisection on the common ratio, then, where
+    coarse groups (attention heads, channel blocks) jump over the target, a second bisection
+    that only moves the fine-grained groups."""
+    from .plan import n_to_prune
+    scores = {g.index: scorer(g) for g in graph.prunable_groups}
+    meta_inputs = _to_meta(example_inputs)
+    if kw["global_ranking"]:
+        plan_at = lambda r, fixed=None: global_plan(graph, lambda g: scores[g.index], r, kw["max_ratio"],  # noqa: E731
+                                                    kw["round_to"], kw["min_channels"])
+    else:
+        def plan_at(r, fixed=None):
+            base = group_ratios(graph, None if kw["ratios"] else r,
+                                None if kw["ratios"] is None else {k: min(v * r / 0.5, 0.99) for k, v in kw["ratios"].items()})
+            plan = {}
+            for g in graph.prunable_groups:
+                n = fixed[g.index] if fixed and g.index in fixed else n_to_prune(g, base.get(g.index, 0.0), kw["round_to"], kw["min_channels"])
+                chans = select_channels(g, scores[g.index], n) if n else []
+                if chans:
+                    plan[g] = chans
+            return plan
+    macs = lambda plan: _macs_of_plan(model, graph, plan, meta_inputs)  # noqa: E731
+
+    def bisect(lo, hi, fixed=None):
+        best = None
+        for _ in range(24):
+            mid = (lo + hi) / 2
+            plan = plan_at(mid, fixed)
+            m = macs(plan)
+            err = abs(m / target_macs - 1)
+            if best is None or err < best[0]:
+                best = (err, mid, plan)
+            if err <= 0.002:
+                break
+            lo, hi = (mid, hi) if m > target_macs else (lo, mid)
+        return best, lo, hi
+
+    top = plan_at(0.99)
+    if macs(top) > target_macs * 1.02:
+        raise PruningError(f"target_speedup cannot be reached: pruning 99% of every group still leaves "
+                           f"{macs(top) / 1e9:.3f} GMACs (target {target_macs / 1e9:.3f})")
+    (err, r, plan), lo, hi = bisect(0.0, 0.99)
+    if err > 0.002 and not kw["global_ranking"]:
+        lo_plan, hi_plan = plan_at(lo), plan_at(hi)
+        jumped = [g for g in graph.prunable_groups if len(lo_plan.get(g, [])) != len(hi_plan.get(g, []))]
+        # pin the coarsest jumping groups at their lower count, let the finer ones move on
+        for limit in sorted({g.size for g in jumped}):
+            fixed = {g.index: len(lo_plan.get(g, [])) for g in jumped if g.size <= limit}
+            if len(fixed) == len(graph.prunable_groups):
+                break
+            (err2, _, plan2), _, _ = bisect(lo, 0.99, fixed=fixed)
+            if err2 < err:
+                err, plan = err2, plan2
+            if err <= 0.005:
+                break
+    return plan
+
+
+def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, importance="l1", *,
+          ratios: Mapping[str, float] | None = None, global_ranking: bool = False, max_ratio: float = 0.9,
+          target_speedup: float | None = None, round_to: int | None = None, min_channels: int = 1,
+          steps: int = 1, callback: Callable | None = None, progress: bool = False,
+          ignored_layers: Iterable = (), leaf_modules: Iterable[str] = (),
+          calibration: Iterable | None = None, loss_fn: Callable | None = None) -> PruneResult:
+    """Prune ``model`` in place and return a ``PruneResult`` (``print`` it for a before/after table).
+
+    What goes:
+
+    * ``ratio`` (default 0.5): ``ceil(ratio * size)`` channels of every prunable group, lowest
+      ``importance`` first, at least one kept. ``ratios={"layer1.*.conv[12]": 0.3}``: fnmatch
+      patterns on module names (last match wins) give the ratio of the group of that module's
+      output channels; other groups get ``ratio`` (0 when not given).
+    * ``global_ranking=True``: one threshold over all groups (scores divided by their group's mean),
+      at most ``max_ratio`` of any group.
+    * ``target_speedup=2.0``: the ratio is searched so that MACs fall by that factor (within 2%).
+    * ``round_to=8``: kept channel counts are multiples of 8; ``min_channels``: lower bound.
+    * ``steps=k``: reach the target in k rounds, re-scoring in between; ``callback(model, round)``
+      runs after each round (e.g. to fine-tune); ``progress=True`` shows a bar.
+
+    ``importance``: a name (``"l1"``, ``"l2"``, ...), an instance from ``dp.importance`` or a callable
+    ``(group) -> scores``. Gradient-based criteria need ``calibration`` (an iterable of
+    ``(inputs, targets)``) and optionally ``loss_fn`` (default cross-entropy).
 
     Example::
 
@@ -93,19 +189,51 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float = 0.5, importance=
         >>> result.speedup > 2.5
         True
     """
-    _check_ratio(ratio)
+    if target_speedup is not None:
+        if ratio is not None:
+            raise PruningError("give either ratio or target_speedup, not both")
+        if isinstance(target_speedup, bool) or not isinstance(target_speedup, (int, float)) or not target_speedup > 1:
+            raise PruningError(f"target_speedup must be a number > 1, got {target_speedup!r}")
+    elif ratio is not None:
+        check_ratio(ratio)
+    if not isinstance(steps, int) or steps < 1:
+        raise PruningError(f"steps must be a positive integer, got {steps!r}")
+    if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
+        raise PruningError(f"round_to must be a positive integer, got {round_to!r}")
     scorer = _imp.resolve(importance)
+    needs_grad = getattr(scorer, "needs_gradients", False)
+    if needs_grad and calibration is None:
+        raise PruningError(f"importance={importance!r} needs gradients: pass calibration=<iterable of (inputs, targets)>")
+    if needs_grad and steps > 1 and not isinstance(calibration, (list, tuple)) and iter(calibration) is calibration:
+        calibration = list(calibration)  # a one-shot iterator must serve every round
     # the graph first: a bad example input gets the tracer's clear message
     graph = build_graph(model, example_inputs, ignored_layers=ignored_layers, leaf_modules=leaf_modules)
     before = count_ops(model, example_inputs)
-    plan = {}
-    for g in graph.prunable_groups:
-        n = min(math.ceil(ratio * g.size), g.size - (0 if g.n_frozen else 1))
-        chans = select_channels(g, scorer(g), n)
-        if chans:
-            plan[g] = chans
-    widths = [(g.members[0].name, g.members[0].size, g.members[0].size - len(g.members[0].indices(c)))
-              for g, c in plan.items()]
-    record = graph.prune(plan) if plan else {}
+    records, notes, widths = [], list(graph.notes), []
+    rounds = range(1, steps + 1)
+    if progress and steps > 1:
+        from tqdm import tqdm
+        rounds = tqdm(rounds, desc="pruning rounds")
+    kw = dict(ratios=ratios, global_ranking=global_ranking, max_ratio=max_ratio, round_to=round_to,
+              min_channels=min_channels, ignored=ignored_layers, leaves=leaf_modules)
+    for i in rounds:
+        if i > 1:
+            graph = build_graph(model, example_inputs, ignored_layers=ignored_layers, leaf_modules=leaf_modules)
+        if needs_grad:
+            scorer.accumulate(model, calibration, loss_fn=loss_fn)
+        if target_speedup is not None:
+            goal = before.macs / target_speedup ** (i / steps)
+            plan = _search_plan(model, example_inputs, graph, scorer, goal, kw)
+        else:
+            base = 0.5 if ratio is None and ratios is None else ratio
+            r_ratio, r_ratios = _scale(base, ratios, 1 / steps) if steps > 1 else (base, ratios)
+            plan = _plan(graph, scorer, r_ratio, r_ratios, global_ranking, max_ratio, round_to, min_channels)
+        for g, c in plan.items():
+            m = g.members[0]
+            widths.append((m.name, m.size, m.size - len(m.indices(c))))
+        if plan:
+            records.append(graph.prune(plan))
+        if callback is not None:
+            callback(model, i)
     after = count_ops(model, example_inputs)
-    return PruneResult(before, after, widths, record)
+    return PruneResult(before, after, widths, records, notes)

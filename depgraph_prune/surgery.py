@@ -104,11 +104,13 @@ def apply_plan(graph, plan: Mapping) -> dict:
                 t.grad = grad
             else:
                 for mod, attr, _ in holders.get(tid, []):
-                    undo.append(("buffer", mod, attr, mod._buffers[attr]))
+                    old = mod._buffers[attr]
                     mod._buffers[attr] = new
+                    undo.append(("buffer", mod, attr, old))
         for mod, attr, value in attr_updates:
-            undo.append(("attr", mod, attr, getattr(mod, attr)))
-            object.__setattr__(mod, attr, value) if attr.startswith("_") else setattr(mod, attr, value)
+            old = getattr(mod, attr)
+            setattr(mod, attr, value)
+            undo.append(("attr", mod, attr, old))  # only once the set took effect
     except Exception as exc:
         _rollback(undo)
         raise SurgeryError(f"surgery failed while committing ({exc}); the model was restored") from exc
@@ -117,18 +119,28 @@ def apply_plan(graph, plan: Mapping) -> dict:
 
 
 def _rollback(undo):
+    errors = []
     for entry in reversed(undo):
-        if entry[0] == "param":
-            _, t, data, grad = entry
-            t.grad = None
-            t.data = data
-            t.grad = grad
-        elif entry[0] == "buffer":
-            _, mod, attr, old = entry
-            mod._buffers[attr] = old
-        else:
-            _, mod, attr, old = entry
-            setattr(mod, attr, old)
+        try:
+            _undo_one(entry)
+        except Exception as exc:  # keep restoring the rest
+            errors.append(exc)
+    if errors:
+        raise SurgeryError(f"rollback could not restore {len(errors)} item(s): {errors[0]}")
+
+
+def _undo_one(entry):
+    if entry[0] == "param":
+        _, t, data, grad = entry
+        t.grad = None
+        t.data = data
+        t.grad = grad
+    elif entry[0] == "buffer":
+        _, mod, attr, old = entry
+        mod._buffers[attr] = old
+    else:
+        _, mod, attr, old = entry
+        setattr(mod, attr, old)
 
 
 def _slice(t: torch.Tensor, dims: dict[int, np.ndarray]) -> torch.Tensor:

@@ -442,11 +442,12 @@ def test_prune_with_each_criterion(name):
     assert m(X).shape == (2, NCLS) and res.after.macs < res.before.macs
 
 
-def test_prune_with_a_prepared_gradient_criterion():
+@pytest.mark.parametrize("name", ["taylor", "hessian"])
+def test_prune_with_a_gradient_criterion(name):
     m = _model()
-    scorer = imp.prepare(imp.resolve("taylor"), m, _batches(3))
-    scores = scorer(dp.build_graph(m, X).group_of("conv1"))
+    batches = _batches(3)
+    scores = imp.prepare(imp.resolve(name), m, batches)(dp.build_graph(m, X).group_of("conv1"))
     keep = sorted(torch.argsort(scores, descending=True)[:C1 // 2].tolist())
     w_keep = m.conv1.weight.detach()[keep].clone()
-    dp.prune(m, X, ratio=0.5, importance=scorer)
+    dp.prune(m, X, ratio=0.5, importance=name, calibration=batches)
     assert torch.equal(m.conv1.weight.detach(), w_keep)

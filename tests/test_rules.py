@@ -10,8 +10,6 @@ are normalized over channels (LayerNorm over C, GroupNorm with one group) only g
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
@@ -555,6 +553,25 @@ def test_layernorm_channel_last_exact_outside_the_normalized_space():
     assert_prunes(model, x, graph, {graph.group_of("pw1"): [0, 9], graph.group_of("pw2"): [7]})
 
 
+def test_layernorm_without_affine_updates_normalized_shape():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1 = nn.Linear(4, 8)
+            self.ln = nn.LayerNorm(8, elementwise_affine=False)
+            self.l2 = nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.l2(self.ln(self.l1(x)))
+
+    model, x = double(M(), torch.randn(2, 5, 4))
+    graph = dp.build_graph(model, x)
+    g = graph.group_of("l1")
+    assert members(g) == {("l1.weight", 0), ("l1.bias", 0), ("ln.normalized_shape[0]", 0), ("l2.weight", 1)}
+    assert_prunes(model, x, graph, {g: [3]}, exact=False)
+    assert model.ln.normalized_shape == (7,)
+
+
 class TVLayerNorm2dNet(nn.Module):
     def __init__(self):
         super().__init__()
@@ -782,6 +799,37 @@ def test_se_broadcast_scale(use_mean):
     assert (model.fc1.out_channels, model.fc2.in_channels) == (1, 1)
 
 
+class SELinearNet(nn.Module):
+    """The canonical SE block: ``b, c, _, _ = x.size()``, Linear excitation, ``view(b, c, 1, 1)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.avg = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Linear(8, 2)
+        self.fc2 = nn.Linear(2, 8)
+        self.c3 = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = F.relu(self.c1(x))
+        b, c, _, _ = y.size()
+        s = self.avg(y).view(b, c)
+        s = torch.sigmoid(self.fc2(F.relu(self.fc1(s)))).view(b, c, 1, 1)
+        return self.c3(y * s.expand_as(y))
+
+
+def test_se_block_with_linear_and_view_of_read_sizes():
+    model, x = double(SELinearNet(), torch.randn(2, 3, 5, 5))
+    graph = dp.build_graph(model, x)
+    g = graph.group_of("c1")
+    assert graph.group_of("fc2") is g
+    assert members(g) == conv_members("c1") | {("fc1.weight", 1), ("fc2.weight", 0), ("fc2.bias", 0),
+                                               ("c3.weight", 1)}
+    assert (g.size, g.n_frozen) == (8, 0)
+    assert_prunes(model, x, graph, {g: [0, 4, 5], graph.group_of("fc1"): [1]})
+    assert (model.fc1.in_features, model.fc2.out_features, model.c3.in_channels) == (5, 5, 5)
+
+
 # ==================================================================== concatenation and splitting
 class CatNet(nn.Module):
     def __init__(self):
@@ -809,6 +857,26 @@ def test_cat_along_channels_one_group_for_both_producers():
     chans = [channel_at(g, "a.weight", 0, 1), channel_at(g, "b.weight", 0, 0), channel_at(g, "b.weight", 0, 5)]
     assert_prunes(model, x, graph, {g: chans})
     assert (model.a.out_channels, model.b.out_channels, model.c.in_channels) == (3, 4, 7)
+
+
+def test_cat_with_the_model_input_freezes_only_the_input_part():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 1)
+            self.c = nn.Conv2d(11, 2, 1)
+
+        def forward(self, x):
+            return self.c(torch.cat([x, self.a(x)], 1))
+
+    model, x = double(M(), torch.randn(2, 3, 4, 4))
+    graph = dp.build_graph(model, x)
+    g = graph.group_of("a")
+    assert members(g) == conv_members("a") | {("c.weight", 1)}
+    assert (g.size, g.n_frozen, g.prunable) == (8, 3, True)
+    assert sorted(member(g, "c.weight", 1).indices(range(8)).tolist()) == list(range(3, 11))
+    assert_prunes(model, x, graph, {g: [0, 7]})
+    assert model.c.in_channels == 9
 
 
 class SplitNet(nn.Module):
@@ -974,6 +1042,51 @@ def test_view_with_width_read_from_tensor_is_prunable():
     assert model.fc.in_features == 64 - 22
 
 
+class HeadsNet(nn.Module):
+    """(N, L, C) tokens split into heads: a constant head count or a constant head size."""
+
+    def __init__(self, const):
+        super().__init__()
+        self.q = nn.Linear(6, 16)
+        self.o = nn.Linear(16, 3)
+        self.const = const
+
+    def forward(self, x):
+        n, l, _ = x.shape
+        t = self.q(x)
+        h = t.view(n, l, 4, -1) if self.const == "heads" else t.view(n, l, -1, 4)
+        h = F.relu(h).transpose(1, 2)          # (N, heads, L, head_dim)
+        return self.o(h.transpose(1, 2).reshape(n, l, -1))
+
+
+def test_reshape_into_a_constant_number_of_heads():
+    model, x = double(HeadsNet("heads"), torch.randn(2, 5, 6))
+    graph = dp.build_graph(model, x)
+    g = graph.group_of("q")
+    assert members(g) == {("q.weight", 0), ("q.bias", 0), ("o.weight", 1)}
+    assert (g.size, g.n_frozen) == (4, 0)  # position j of every head goes together
+    for j in range(4):
+        c = channel_at(g, "q.weight", 0, j)
+        assert positions(g, "q.weight", 0, [c]) == [j, 4 + j, 8 + j, 12 + j]
+        assert positions(g, "o.weight", 1, [c]) == [j, 4 + j, 8 + j, 12 + j]
+    assert_prunes(model, x, graph, {g: [channel_at(g, "q.weight", 0, 2)]})
+    assert (model.q.out_features, model.o.in_features) == (12, 12)
+
+
+def test_reshape_into_heads_of_constant_size():
+    model, x = double(HeadsNet("head_dim"), torch.randn(2, 5, 6))
+    graph = dp.build_graph(model, x)
+    g = graph.group_of("q")
+    assert members(g) == {("q.weight", 0), ("q.bias", 0), ("o.weight", 1)}
+    assert (g.size, g.n_frozen) == (4, 0)  # whole heads go
+    for h in range(4):
+        c = channel_at(g, "q.weight", 0, 4 * h)
+        assert positions(g, "q.weight", 0, [c]) == list(range(4 * h, 4 * h + 4))
+        assert positions(g, "o.weight", 1, [c]) == list(range(4 * h, 4 * h + 4))
+    assert_prunes(model, x, graph, {g: [channel_at(g, "q.weight", 0, 4)]})
+    assert (model.q.out_features, model.o.in_features) == (12, 12)
+
+
 _REDUCE = {
     "mean": lambda y: y.mean((2, 3)),
     "mean_keepdim": lambda y: y.mean(dim=(-1, -2), keepdim=True).flatten(1),
@@ -1036,6 +1149,15 @@ def _shufflenet_shuffle(x, groups: int):
     return x.view(n, -1, h, w)
 
 
+def _torchvision_shuffle(x, groups: int):
+    """torchvision.models.shufflenetv2.channel_shuffle: the last view reads num_channels."""
+    batchsize, num_channels, height, width = x.size()
+    channels_per_group = num_channels // groups
+    x = x.view(batchsize, groups, channels_per_group, height, width)
+    x = torch.transpose(x, 1, 2).contiguous()
+    return x.view(batchsize, num_channels, height, width)
+
+
 class ShuffleNet(nn.Module):
     def __init__(self, how):
         super().__init__()
@@ -1050,12 +1172,14 @@ class ShuffleNet(nn.Module):
             y = self.shuffle(y)
         elif self.how == "functional":
             y = F.channel_shuffle(y, 2)
+        elif self.how == "torchvision":
+            y = _torchvision_shuffle(y, 2)
         else:
             y = _shufflenet_shuffle(y, 2)
         return self.c2(y)
 
 
-@pytest.mark.parametrize("how", ["view_transpose", "module", "functional"])
+@pytest.mark.parametrize("how", ["view_transpose", "torchvision", "module", "functional"])
 def test_channel_shuffle(how):
     model, x = double(ShuffleNet(how), torch.randn(2, 3, 4, 4))
     graph = dp.build_graph(model, x)
@@ -1364,6 +1488,43 @@ def test_ignored_layers_freezes_that_modules_output_channels():
         assert_frozen(g, "ignored_layers", "`c1`")
         assert g.n_frozen == 8
         assert graph.group_of("bn") is g
+
+
+def test_ignored_layers_with_a_tied_weight_still_freezes_that_module():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l0 = nn.Linear(4, 8)
+            self.l1 = nn.Linear(8, 8)
+            self.l2 = nn.Linear(8, 8)
+            self.l2.weight = self.l1.weight  # l2's weight is reached under the name l1.weight
+            self.l3 = nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.l3(F.relu(self.l2(F.relu(self.l1(F.relu(self.l0(x)))))))
+
+    model, x = double(M(), torch.randn(2, 4))
+    graph = dp.build_graph(model, x, ignored_layers=["l2"])
+    g = graph.group_of("l2")
+    assert_frozen(g, "ignored_layers", "`l2`")
+
+
+def test_module_registered_under_two_names_is_found_by_either():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 1)
+            self.b = self.a  # an alias, as in ``self.encoder = self.backbone``
+            self.c = nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            return self.c(self.b(x))
+
+    model, x = double(M(), torch.randn(1, 3, 4, 4))
+    graph = dp.build_graph(model, x)
+    assert graph.group_of("b") is graph.group_of("a")
+    graph = dp.build_graph(model, x, ignored_layers=["b"])
+    assert_frozen(graph.group_of("a"), "ignored_layers")
 
 
 def test_ignored_layers_unknown_name_raises():

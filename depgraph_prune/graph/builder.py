@@ -135,7 +135,7 @@ def _apply(ctx, node, args, kwargs, out):
 
 def build_context(model: nn.Module, example_inputs: Any, leaf_names: Iterable[str] = ()) -> tuple[BuildContext, list[str]]:
     leaf_types = tuple(MODULE_RULES) + OPAQUE_TYPES
-    ctx = BuildContext(model, dict(model.named_modules()))
+    ctx = BuildContext(model, dict(model.named_modules(remove_duplicate=False)))
     ctx.canonical = _canonical_names(model)
     tr = _trace.trace(model, example_inputs, leaf_types=leaf_types, leaf_names=leaf_names, training=False)
     walk(ctx, tr.gm)

@@ -7,7 +7,7 @@ import networkx as nx
 import numpy as np
 from torch import nn
 
-from ..errors import PruningError
+from ..errors import PruningError, SurgeryError
 from .builder import build_context
 from .groups import Group, make_groups
 
@@ -45,7 +45,7 @@ class DependencyGraph:
             if name is None or name not in ctx.modules:
                 raise PruningError(f"ignored_layers names {item!r}, which is not a submodule of the model")
             key = _out_key(name, ctx.modules[name])
-            member = ctx.members.get(key)
+            member = ctx.members.get((ctx.canonical_name(key[0]), key[1]))
             if member is not None:
                 ctx.atoms.freeze(member.atoms, f"`{name}` is in ignored_layers")
 

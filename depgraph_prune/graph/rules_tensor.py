@@ -267,7 +267,11 @@ def _movedim(ctx, node, args, kwargs, out):
     src, dst = _arg(args, kwargs, 1, "source"), _arg(args, kwargs, 2, "destination")
     src = [src] if isinstance(src, int) else list(src)
     dst = [dst] if isinstance(dst, int) else list(dst)
-    perm = np.moveaxis(np.arange(x.ndim), src, dst).tolist()
+    src = [d % x.ndim for d in src]
+    dst = [d % x.ndim for d in dst]
+    perm = [d for d in range(x.ndim) if d not in src]
+    for s_, d_ in sorted(zip(dst, src)):
+        perm.insert(s_, d_)
     return permute(ctx, x, out, perm)
 
 

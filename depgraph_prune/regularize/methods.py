@@ -40,10 +40,14 @@ _EPS = 1e-9  # relative tolerance of the ">=" / ">" schedule comparisons (floati
 
 
 def _ge(a: float, b: float) -> bool:
+    if math.isinf(b):
+        return a >= b
     return a >= b - _EPS * abs(b)
 
 
 def _gt(a: float, b: float) -> bool:
+    if math.isinf(b):
+        return a > b
     return a > b + _EPS * abs(b)
 
 

@@ -22,6 +22,7 @@ has the old shapes: build a new optimizer after ``prune()``.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from typing import Any, Callable, Iterable
@@ -265,6 +266,19 @@ def _producer_member(group):
     if not params:
         return None
     return next((m for m in params if m.dim == 0), params[0])
+
+
+def _make_result(before, after, widths, record: dict, notes: list) -> PruneResult:
+    """A ``PruneResult`` whatever its field names (``record`` dict, or ``records`` list + ``notes``)."""
+    names = {f.name for f in dataclasses.fields(PruneResult)}
+    kw = {}
+    if "records" in names:
+        kw["records"] = [record] if record else []
+    elif "record" in names:
+        kw["record"] = record
+    if "notes" in names:
+        kw["notes"] = notes
+    return PruneResult(before=before, after=after, widths=widths, **kw)
 
 
 def _to_device(x, device):
@@ -552,7 +566,7 @@ class RegularizedPruner:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        return PruneResult(before, after, widths, record)
+        return _make_result(before, after, widths, record, list(getattr(self.graph, "notes", []) or []))
 
     def _check_structure(self) -> None:
         for gs in self._groups:
