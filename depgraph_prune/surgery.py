@@ -114,8 +114,33 @@ def apply_plan(graph, plan: Mapping) -> dict:
     except Exception as exc:
         _rollback(undo)
         raise SurgeryError(f"surgery failed while committing ({exc}); the model was restored") from exc
-    return {"kept": {f"{n}:{d}": idx.tolist() for (n, d), idx in keeps.items()},
-            "undo": lambda: _rollback(undo)}
+    record = {"kept": {f"{n}:{d}": idx.tolist() for (n, d), idx in keeps.items()},
+              "attrs": {f"{mod_name}.{attr}" if mod_name else attr: _jsonable(value)
+                        for mod_name, (mod, attr, value) in ((_name_of(model, m), (m, a, v)) for m, a, v in attr_updates)}}
+    history = model.__dict__.setdefault("_depgraph_prune_history", [])
+    history.append(record)
+
+    def undo_all():
+        history.remove(record)
+        _rollback(undo)
+    return {**record, "undo": undo_all}
+
+
+def _name_of(model, module):
+    for n, m in model.named_modules(remove_duplicate=False):
+        if m is module:
+            return n
+    return "?"
+
+
+def _jsonable(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+def history(model: nn.Module) -> list[dict]:
+    """The pruning record of ``model``: one entry per surgery, in order, each with the kept
+    positions per ``"param_name:dim"`` and the width attributes set (``"module.attr": value``)."""
+    return list(model.__dict__.get("_depgraph_prune_history", []))
 
 
 def _rollback(undo):
