@@ -9,17 +9,12 @@ import torch.fx as fx
 from torch import nn
 
 from .. import trace as _trace
-from . import rules_attention, rules_layers, rules_tensor  # noqa: F401  (registers the rules)
+from . import rules_attention, rules_layers, rules_tensor, rules_torchvision  # noqa: F401  (registers the rules)
 from .context import BuildContext
 from .registry import FUNCTION_RULES, METHOD_RULES, MODULE_RULES
 from .rules_tensor import passthrough
 from .values import TV
 
-try:  # torchvision wraps stochastic_depth with torch.fx.wrap; it keeps the input's layout
-    from torchvision.ops import stochastic_depth as _sd
-    FUNCTION_RULES.setdefault(_sd, passthrough)
-except Exception:  # pragma: no cover - torchvision is a dependency, but keep the core importable
-    pass
 
 # Modules we have no rule for but want kept whole rather than traced into (their internals
 # check shapes against constant attributes); their channels are frozen.
@@ -105,6 +100,8 @@ def _get_attr(ctx, node, out, canonical):
         return None
     name = canonical.get(id(obj), node.target)
     kind = "param" if isinstance(obj, nn.Parameter) else "buffer"
+    if not (obj.is_floating_point() or obj.is_complex()):
+        return TV(tuple(obj.shape), {}, origin=name)  # index tables and masks are data, not channels
     track = {d: ctx.tensor_atoms(name, d, s, kind) for d, s in enumerate(obj.shape) if s > 1}
     return TV(tuple(obj.shape), track, origin=name)
 

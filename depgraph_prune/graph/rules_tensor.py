@@ -57,7 +57,8 @@ def broadcast_track(ctx, inputs, out_shape) -> dict[int, np.ndarray]:
         for e in entries:
             if e is not base:
                 ctx.union(base, e, "broadcast")
-        track[d] = base
+        if len(tracked) == len(entries):
+            track[d] = base  # otherwise a fixed operand pins this dim: it stays untracked
     return track
 
 
@@ -339,13 +340,14 @@ def reshape(ctx, x: TV, out: TV, sizes) -> TV:
             cands = [j for j in bo if kinds[j] in (INFER, FREE)]
         width_attr = None
         if not cands:
-            # a constant read from a module attribute (ViT's `self.hidden_dim`): the surgeon can
-            # update that attribute, so the dim may change after all
-            for j in bo:
-                if isinstance(kinds[j], int) and not isinstance(kinds[j], bool):
-                    found = ctx.attribute_for_constant(kinds[j])
-                    if found and len([k for k in bo if isinstance(kinds[k], int)]) == 1:
-                        cands, width_attr = [j], found
+            # a constant read from a module attribute (ViT's `self.hidden_dim`, a `self.head_dim`):
+            # the surgeon can update that attribute, so that one dim may change after all
+            found = {j: ctx.attribute_for_constant(kinds[j]) for j in bo
+                     if isinstance(kinds[j], int) and not isinstance(kinds[j], bool)}
+            found = {j: f for j, f in found.items() if f}
+            if len(found) == 1:
+                (j0, width_attr), = found.items()
+                cands = [j0]
         if len(cands) != 1:
             consts = [kinds[j] for j in bo if isinstance(kinds[j], int)]
             why = (f"reshape with constant size {consts[0] if len(consts) == 1 else tuple(consts)}"
@@ -363,7 +365,11 @@ def reshape(ctx, x: TV, out: TV, sizes) -> TV:
         if isinstance(kinds[j], Sym):
             used_syms.add(j)
             s = kinds[j]
-            ctx.atoms.constraints.append(_constraint(s, rep, ctx))
+            if s.scale == 1 and s.atoms.shape == rep.shape and not np.array_equal(np.sort(s.atoms), np.sort(rep)):
+                # the size is read from another tensor's width: tie the two so they stay equal
+                ctx.union(rep, s.atoms, "reshape size read from another width")
+            else:
+                ctx.atoms.constraints.append(_constraint(s, rep, ctx))
         elif isinstance(kinds[j], Opaque):
             ctx.atoms.freeze(rep, f"reshape size computed in a way we cannot follow at {ctx.where()}")
     for j, k in enumerate(sizes):
@@ -522,6 +528,13 @@ def _unbind(ctx, node, args, kwargs, out):
 
 def tensor_index(ctx, x: TV, idx, out):
     """Basic indexing: ints, slices, None and Ellipsis. Anything else freezes the dims it reads."""
+    if isinstance(idx, TV) and isinstance(out, TV):
+        # table[index]: dim 0 is gathered (its positions are data), the other dims pass through
+        ctx.freeze_dims(x, [0], f"gather along a prunable dim at {ctx.where()}")
+        ctx.freeze(idx, f"index tensor at {ctx.where()}")
+        shift = idx.ndim - 1
+        out.track = {d + shift: a for d, a in x.track.items() if d > 0}
+        return out
     idx = idx if isinstance(idx, tuple) else (idx,)
     if any(isinstance(i, (TV, list)) for i in idx) or not isinstance(out, TV):
         ctx.freeze([x, idx], f"advanced indexing at {ctx.where()}")
@@ -667,3 +680,49 @@ def _sdpa(ctx, node, args, kwargs, out):
         track[out.ndim - 1] = v.track[v.ndim - 1]
     out.track = track
     return out
+
+
+@function_rule(torch.einsum)
+def _einsum(ctx, node, args, kwargs, out):
+    eq = args[0]
+    ops = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else list(args[1:])
+    if not isinstance(eq, str) or "..." in eq or "->" not in eq or not all(isinstance(o, TV) for o in ops):
+        ctx.freeze([ops], f"einsum form not handled at {ctx.where()}")
+        return out
+    lhs, rhs = eq.replace(" ", "").split("->")
+    specs = lhs.split(",")
+    by_letter: dict[str, list[np.ndarray]] = {}
+    for spec, t in zip(specs, ops):
+        for d, letter in enumerate(spec):
+            if t.shape[d] == 1 and any(o.shape[k] != 1 for sp, o in zip(specs, ops) for k, l2 in enumerate(sp) if l2 == letter):
+                ctx.freeze_dims(t, [d], f"broadcast dim in {ctx.where()}")
+                continue
+            by_letter.setdefault(letter, []).append(t.atoms(d))
+    track = {}
+    for letter, arrays in by_letter.items():
+        tracked = [a for a in arrays if (a >= 0).any()]
+        if not tracked:
+            continue
+        for a in arrays[1:]:
+            ctx.union(arrays[0], a, "einsum index")
+        if letter in rhs:
+            track[rhs.index(letter)] = tracked[0]
+    out.track = clean_track(track)
+    return out
+
+
+@function_rule(torch.roll)
+@method_rule("roll")
+def _roll(ctx, node, args, kwargs, out):
+    x = args[0]
+    dims = _arg(args, kwargs, 2, "dims")
+    dims = list(range(x.ndim)) if dims is None else ([dims] if isinstance(dims, int) else list(dims))
+    ctx.freeze_dims(x, dims, f"roll along a prunable dim at {ctx.where()}")
+    out.track = {d: a for d, a in x.track.items() if d not in {k % x.ndim for k in dims}}
+    return out
+
+
+@function_rule(torch.flip)
+@method_rule("flip")
+def _flip(ctx, node, args, kwargs, out):
+    return _roll(ctx, node, (args[0], None, _arg(args, kwargs, 1, "dims")), {}, out)

@@ -19,10 +19,50 @@ Typical loop (GReg-1)::
 
 The surgery keeps parameter objects (``param.data`` is swapped) but their optimizer state (momentum)
 has the old shapes: build a new optimizer after ``prune()``.
+
+Distributed data parallel (``torch.nn.parallel.DistributedDataParallel``)
+-------------------------------------------------------------------------
+Every rank runs its own pruner; nothing is communicated by the pruner itself. The ranks stay
+identical because everything the pruner does is a deterministic function of state that DDP
+already keeps identical (the weights and the all-reduced gradients)::
+
+    ddp = DistributedDataParallel(model)        # broadcasts rank 0's weights to every rank
+    pruner = RegularizedPruner(ddp.module, example_inputs, "greg1", ratio=0.5)   # after wrapping
+    for x, y in loader:                         # a DistributedSampler shard per rank
+        loss = criterion(ddp(x), y) + pruner.penalty()
+        optimizer.zero_grad()
+        loss.backward()                         # DDP's gradient all-reduce has finished here
+        pruner.regularize()                     # same averaged grads + same weights -> same result
+        optimizer.step()
+        pruner.step()
+    pruner.broadcast_buffers()                  # BN running stats: make rank 0's the common ones
+    result = pruner.prune()                     # on every rank: identical pruned models
+    ddp = DistributedDataParallel(model)        # re-wrap: the old reducer has the old shapes
+
+* Build the pruner on the underlying module (``ddp.module``; passing the DDP or DataParallel
+  wrapper itself is accepted and unwrapped). The channel choice ``S_p`` is made from the weights
+  at construction (GReg-1, TPP, baselines) or later from the weights then (GReg-2, GrowingReg),
+  so the weights must be identical on every rank when that happens: construct the pruner *after*
+  wrapping (DDP broadcasts rank 0's parameters and buffers in its constructor) or after loading
+  the same checkpoint everywhere.
+* ``regularize()`` goes after ``loss.backward()``: by then DDP has averaged the gradients, so the
+  penalty ``lambda * w`` is added once, on identical gradients, on every rank. With gradient
+  accumulation under ``ddp.no_sync()``, call it once per optimizer step, after the last
+  (synchronized) backward. ``penalty()`` (TPP's Gram loss) is part of the loss, so its gradient
+  goes through the all-reduce like the data term (identical on every rank, so averaging keeps it).
+* ``step()`` (schedule, magnitude ratio, GReg-2's pick, TPP's zeroing) reads only the weights and
+  the iteration counter: call it on every rank, every iteration.
+* Buffers are not averaged: DDP copies rank 0's buffers (BN running statistics) to the others at
+  the start of each training forward, so after the last step they differ. Call
+  :meth:`RegularizedPruner.broadcast_buffers` (or use ``SyncBatchNorm``) before ``prune()`` or
+  before saving. :meth:`RegularizedPruner.is_synchronized` checks (collectively) that every rank
+  holds the same pruner state, optionally the same weights.
+* ``state_dict()`` is identical on every rank: save it from rank 0 only.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import warnings
 from typing import Any, Callable, Iterable
@@ -293,11 +333,27 @@ def _to_device(x, device):
     return x
 
 
+def _unwrap_parallel(model):
+    """``model.module`` for ``DistributedDataParallel`` / ``DataParallel`` wrappers, else ``model``."""
+    wrappers = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+    while isinstance(model, wrappers):
+        model = model.module
+    return model
+
+
 class RegularizedPruner:
     """Growing-regularization pruning as a training-loop companion (see the module docstring).
 
+    Under ``DistributedDataParallel``: build one pruner per rank on ``ddp.module`` after wrapping
+    (identical weights, hence identical channel choice), call ``regularize()`` after
+    ``loss.backward()`` (DDP's all-reduce has finished by then) and ``step()`` on every rank; the
+    ranks stay identical without any communication by the pruner. Before ``prune()``, call
+    :meth:`broadcast_buffers` (BN running statistics are per rank), and re-wrap the pruned model in
+    a new DDP. Details in the module docstring.
+
     Args:
-        model: the model, pruned in place by :meth:`prune`.
+        model: the model, pruned in place by :meth:`prune` (a DDP / DataParallel wrapper is
+            unwrapped to its ``.module``).
         example_inputs: an input for tracing (and for counting MACs before / after pruning).
         method: ``"greg1"``, ``"greg2"``, ``"tpp"``, ``"growing_reg"``, ``"oneshot"`` (L1),
             ``"orthp"``, or a :class:`~depgraph_prune.regularize.Method` instance. With a name,
@@ -327,6 +383,7 @@ class RegularizedPruner:
                  ratios=None, ignored_layers: Iterable = (), importance="l1", progress: bool = False, *,
                  record_separation: bool = False, log_hook: Callable[[dict], Any] | None = None,
                  leaf_modules: Iterable[str] = (), **method_kwargs):
+        model = _unwrap_parallel(model)
         self.model = model
         self.example_inputs = example_inputs
         self.method: Method = make_method(method, **method_kwargs)
@@ -581,6 +638,54 @@ class RegularizedPruner:
                 if not isinstance(t, torch.Tensor) or t.dim() <= m.dim or t.shape[m.dim] != m.size:
                     raise PruningError(f"`{m.name}` no longer has {m.size} positions along dim {m.dim}: the model's "
                                        "structure changed after the pruner was built")
+
+    # -- distributed -----------------------------------------------------------------------------------------
+    def state_digest(self, include_weights: bool = False, include_buffers: bool = False) -> str:
+        """A SHA-256 digest of the schedule state (iteration, phase, chosen channels, penalties,
+        magnitude ratios), plus the model's parameters (``include_weights``) and buffers
+        (``include_buffers``). Equal digests on two ranks mean bit-identical state."""
+        h = hashlib.sha256()
+        h.update(repr((self.method.name, self.t, self.t_stab, self.phase, float(self.lam_t))).encode())
+        for gs in self._groups:
+            st = gs.state()
+            lam = st.pop("lam")
+            h.update(repr(sorted(st.items())).encode())
+            h.update(lam.numpy().tobytes())
+        tensors = (list(self.model.named_parameters()) if include_weights else []) + \
+            (list(self.model.named_buffers()) if include_buffers else [])
+        for name, t in tensors:
+            h.update(name.encode())
+            h.update(repr((tuple(t.shape), str(t.dtype))).encode())
+            if t.numel():
+                h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    def is_synchronized(self, include_weights: bool = False, include_buffers: bool = False,
+                        process_group=None) -> bool:
+        """Collective (call it on every rank): whether every rank of ``process_group`` holds the
+        same pruner state (:meth:`state_digest`), and optionally the same parameters
+        (``include_weights``) and buffers (``include_buffers``; BN running statistics differ
+        between ranks until :meth:`broadcast_buffers`). True when ``torch.distributed`` is not
+        initialized (a single process)."""
+        import torch.distributed as dist
+        mine = self.state_digest(include_weights, include_buffers)
+        if not (dist.is_available() and dist.is_initialized()):
+            return True
+        digests = [None] * dist.get_world_size(process_group)
+        dist.all_gather_object(digests, mine, group=process_group)
+        return all(d == mine for d in digests)
+
+    def broadcast_buffers(self, src: int = 0, process_group=None) -> None:
+        """Collective (call it on every rank): copy the buffers (BN running statistics) of rank
+        ``src`` (a global rank) to every rank. DDP syncs buffers only at the start of a training forward, so after the last
+        step they differ per rank; call this before :meth:`prune` or before saving. A no-op when
+        ``torch.distributed`` is not initialized."""
+        import torch.distributed as dist
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        with torch.no_grad():
+            for b in self.model.buffers():
+                dist.broadcast(b, src, group=process_group)
 
     # -- state -----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
