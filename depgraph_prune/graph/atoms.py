@@ -28,6 +28,14 @@ class Constraint:
     b: np.ndarray
     scale: float
     reason: str
+    tie: bool = False  # when it does not hold, tie a and b elementwise instead of freezing
+
+    def holds(self, labels: np.ndarray, ncomp: int) -> bool:
+        a, b = self.a[self.a >= 0], self.b[self.b >= 0]
+        if not np.isclose((self.a < 0).sum() * self.scale, (self.b < 0).sum()):
+            return False
+        ma = np.bincount(labels[a], minlength=ncomp) * self.scale
+        return bool(np.allclose(ma, np.bincount(labels[b], minlength=ncomp)))
 
 
 @dataclass
@@ -76,6 +84,15 @@ class AtomTable:
         return rep
 
     def components(self) -> tuple[int, np.ndarray]:
+        ncomp, labels = self._components()
+        tie = [c for c in self.constraints if c.tie and not c.holds(labels, ncomp)]
+        if tie:
+            for c in tie:
+                self.union(c.a, c.b, c.reason)
+            ncomp, labels = self._components()
+        return ncomp, labels
+
+    def _components(self) -> tuple[int, np.ndarray]:
         if self.n == 0:
             return 0, np.zeros(0, dtype=np.int64)
         if self._edges:

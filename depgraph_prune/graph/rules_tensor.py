@@ -365,11 +365,10 @@ def reshape(ctx, x: TV, out: TV, sizes) -> TV:
         if isinstance(kinds[j], Sym):
             used_syms.add(j)
             s = kinds[j]
-            if s.scale == 1 and s.atoms.shape == rep.shape and not np.array_equal(np.sort(s.atoms), np.sort(rep)):
-                # the size is read from another tensor's width: tie the two so they stay equal
-                ctx.union(rep, s.atoms, "reshape size read from another width")
-            else:
-                ctx.atoms.constraints.append(_constraint(s, rep, ctx))
+            c = _constraint(s, rep, ctx)
+            # if the widths do not already follow each other, tie them (checked after union-find)
+            c.tie = s.scale == 1 and s.atoms.shape == rep.shape
+            ctx.atoms.constraints.append(c)
         elif isinstance(kinds[j], Opaque):
             ctx.atoms.freeze(rep, f"reshape size computed in a way we cannot follow at {ctx.where()}")
     for j, k in enumerate(sizes):
