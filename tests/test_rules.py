@@ -1450,7 +1450,7 @@ class NoRuleNet(nn.Module):
         return self.c2(y)
 
 
-@pytest.mark.parametrize("op,word", [("roll", "roll"), ("fft", "fft"), ("cumsum", "cumsum"), ("flip", "flip")])
+@pytest.mark.parametrize("op,word", [("fft", "fft"), ("cumsum", "cumsum")])
 def test_op_without_rule_freezes_with_reason(op, word):
     model, x = double(NoRuleNet(op), torch.randn(2, 3, 4, 4))
     graph = dp.build_graph(model, x)
@@ -1583,3 +1583,27 @@ def test_member_indices_partition_positions():
     g = graph.group_of("c1")
     allpos = np.concatenate([member(g, "c2.weight", 1).indices([c]).numpy() for c in range(g.size)])
     assert sorted(allpos.tolist()) == list(range(8))
+
+
+@pytest.mark.parametrize("op", ["roll", "flip"])
+def test_roll_and_flip_freeze_only_the_dims_they_move(op):
+    net, x = double(NoRuleNet(op), torch.randn(1, 3, 5, 5))
+    g = dp.build_graph(net, x).group_of("c1")
+    assert g.size == 0 and f"{op} along a prunable dim" in g.reason and f"`{op}`" in g.reason
+
+    class Spatial(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            y = self.c1(x)
+            y = torch.roll(y, 1, dims=(2, 3)) if op == "roll" else torch.flip(y, dims=(2, 3))
+            return self.c2(y)
+
+    model, x = double(Spatial(), torch.randn(1, 3, 5, 5))
+    g = dp.build_graph(model, x).group_of("c1")
+    assert g.size == 8 and g.n_frozen == 0
+    ref_shape = model(x).shape
+    g.prune([1, 4])
+    assert model(x).shape == ref_shape and model.c2.in_channels == 6

@@ -716,7 +716,7 @@ def _roll(ctx, node, args, kwargs, out):
     x = args[0]
     dims = _arg(args, kwargs, 2, "dims")
     dims = list(range(x.ndim)) if dims is None else ([dims] if isinstance(dims, int) else list(dims))
-    ctx.freeze_dims(x, dims, f"roll along a prunable dim at {ctx.where()}")
+    ctx.freeze_dims(x, dims, f"{'flip' if node.target in ('flip', torch.flip) else 'roll'} along a prunable dim at {ctx.where()}")
     out.track = {d: a for d, a in x.track.items() if d not in {k % x.ndim for k in dims}}
     return out
 
