@@ -1598,7 +1598,7 @@ def test_roll_and_flip_freeze_only_the_dims_they_move(op):
 
         def forward(self, x):
             y = self.c1(x)
-            y = torch.roll(y, 1, dims=(2, 3)) if op == "roll" else torch.flip(y, dims=(2, 3))
+            y = torch.roll(y, (1, 2), dims=(2, 3)) if op == "roll" else torch.flip(y, dims=(2, 3))
             return self.c2(y)
 
     model, x = double(Spatial(), torch.randn(1, 3, 5, 5))
