@@ -30,16 +30,29 @@ def normalize_inputs(example_inputs: Any) -> tuple[tuple, dict]:
     return (example_inputs,), {}
 
 
+def rule_type(m: nn.Module, types) -> type | None:
+    """The type whose rule applies to ``m``: its own, or a base class's when ``m`` inherits that
+    class's ``forward`` unchanged (e.g. torchvision's ``Conv3DSimple(nn.Conv3d)``). Subclasses that
+    override ``forward`` (torchvision's ``LayerNorm2d``) are traced through instead."""
+    for base in type(m).__mro__:
+        if base in types:
+            return base if type(m).forward is base.forward else None
+        if base is nn.Module:
+            break
+    return None
+
+
 class _Tracer(fx.Tracer):
     def __init__(self, leaf_types: tuple[type, ...], leaf_names: frozenset[str]):
         super().__init__()
+        self.record_stack_traces = True  # source lines let rules see which attribute a constant came from
         self._leaf_types = leaf_types
         self._leaf_names = leaf_names
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         # Exact type match: subclasses (e.g. torchvision's LayerNorm2d, which permutes inside
         # its forward) must be traced through, not treated as their base class.
-        if type(m) in self._leaf_types or qualname in self._leaf_names:
+        if qualname in self._leaf_names or rule_type(m, self._leaf_types) is not None:
             return True
         return super().is_leaf_module(m, qualname)
 
@@ -101,6 +114,11 @@ class _NodeFailure(RuntimeError):
 class _ShapeRecorder(fx.Interpreter):
     """Runs the graph and records each node's output metadata (like fx's ShapeProp, without
     ShapeProp's deep copy of the module)."""
+
+    def call_function(self, target, args, kwargs):
+        # fx freezes list constants into immutable_list; real functions may mutate their copy
+        thaw = lambda v: list(v) if isinstance(v, list) else v  # noqa: E731
+        return super().call_function(target, tuple(thaw(a) for a in args), {k: thaw(v) for k, v in kwargs.items()})
 
     def run_node(self, n: fx.Node):
         try:

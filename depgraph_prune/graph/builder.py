@@ -110,7 +110,7 @@ def _apply(ctx, node, args, kwargs, out):
     rule, module = None, None
     if node.op == "call_module":
         module = ctx.modules[node.target]
-        rule = MODULE_RULES.get(type(module))
+        rule = MODULE_RULES.get(_trace.rule_type(module, MODULE_RULES))
         kind = f"module {type(module).__name__}"
     elif node.op == "call_function":
         rule = FUNCTION_RULES.get(node.target)

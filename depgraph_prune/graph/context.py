@@ -1,6 +1,7 @@
 """State shared by the coupling rules while the graph is built."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -10,6 +11,16 @@ from torch import nn
 
 from .atoms import FIXED, AtomTable
 from .values import TV, Opaque, Sym
+
+
+_FRAME = re.compile(r'File "([^"]+)", line \d+, in [^\n]*\n\s*([^\n]*)')
+
+
+def _source_attributes(stack_trace: str) -> set[str] | None:
+    """``self.<name>`` attributes on the user's source line that created a node."""
+    frames = [(f, code) for f, code in _FRAME.findall(stack_trace)
+              if "/torch/fx/" not in f and "/torch/nn/modules/module.py" not in f and "/torch/_" not in f]
+    return set(re.findall(r"self\.(\w+)", frames[-1][1])) if frames else None
 
 
 _WIDTH_WORDS = ("dim", "channel", "feature", "width", "hidden", "embed", "planes")
@@ -100,12 +111,16 @@ class BuildContext:
         ``value`` and named like a width; None when there is none or it is ambiguous."""
         stack = self.node.meta.get("nn_module_stack") or {}
         paths = [""] + [v[0] if isinstance(v, tuple) else k for k, v in stack.items()]
+        # attributes named on the source line that made this node (when fx recorded it)
+        named = _source_attributes(self.node.stack_trace or "")
         for path in reversed(paths):
             mod = self.modules.get(path)
             if mod is None:
                 continue
             hits = [a for a, v in vars(mod).items() if type(v) is int and v == value
                     and not a.startswith("_") and any(w in a for w in _WIDTH_WORDS)]
+            if named:
+                hits = [a for a in hits if a in named]
             if len(hits) == 1:
                 return path, hits[0]
             if hits:

@@ -112,7 +112,8 @@ def make_groups(ctx: BuildContext, graph) -> list[Group]:
     ncomp, labels = table.components()
     graph._labels, graph._ncomp = labels, ncomp
     reasons = np.empty(ncomp, dtype=object)
-    for atoms, reason in table.freezes:
+    # root causes first: "meets a fixed-size tensor" is usually a consequence of another freeze
+    for atoms, reason in sorted(table.freezes, key=lambda f: "meets a fixed-size" in f[1]):
         comps = np.unique(labels[atoms])
         unset = comps[reasons[comps] == None]  # noqa: E711  (object array compare)
         reasons[unset] = reason

@@ -15,6 +15,11 @@ _CONVS = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
 _TCONVS = {nn.ConvTranspose1d: 1, nn.ConvTranspose2d: 2, nn.ConvTranspose3d: 3}
 
 
+def _base(module, table):
+    """The class in ``table`` that ``module`` is (subclasses inheriting its forward included)."""
+    return next(b for b in type(module).__mro__ if b in table)
+
+
 def conv_core(ctx, x: TV, w: TV, b: TV | None, groups: int, n_spatial: int, out: TV, transposed=False):
     cdim = 1 if x.ndim == n_spatial + 2 else 0
     ctx.freeze_dims(x, [d for d in range(x.ndim) if d != cdim], f"non-channel dim entering {ctx.where()}")
@@ -43,8 +48,9 @@ def conv_core(ctx, x: TV, w: TV, b: TV | None, groups: int, n_spatial: int, out:
 @module_rule(*_CONVS, *_TCONVS)
 def _conv_module(ctx, node, module, args, kwargs, out):
     name = node.target
-    transposed = type(module) in _TCONVS
-    n_sp = (_TCONVS if transposed else _CONVS)[type(module)]
+    base = _base(module, {**_CONVS, **_TCONVS})
+    transposed = base in _TCONVS
+    n_sp = (_TCONVS if transposed else _CONVS)[base]
     dims = (0, 1) if module.groups == 1 or transposed else (0,)
     w = ctx.param_tv(name, "weight", dims)
     b = ctx.param_tv(name, "bias", (0,))
@@ -275,7 +281,7 @@ def spatial_core(ctx, x: TV, out, n_spatial=None):
 
 @module_rule(*_SPATIAL_MODULES)
 def _spatial_module(ctx, node, module, args, kwargs, out):
-    return spatial_core(ctx, args[0], out, _SPATIAL_MODULES[type(module)])
+    return spatial_core(ctx, args[0], out, _SPATIAL_MODULES[_base(module, _SPATIAL_MODULES)])
 
 
 _SPATIAL_FUNCS = {F.max_pool1d: 1, F.max_pool2d: 2, F.max_pool3d: 3, F.avg_pool1d: 1, F.avg_pool2d: 2,

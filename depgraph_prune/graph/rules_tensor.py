@@ -725,3 +725,17 @@ def _roll(ctx, node, args, kwargs, out):
 @method_rule("flip")
 def _flip(ctx, node, args, kwargs, out):
     return _roll(ctx, node, (args[0], None, _arg(args, kwargs, 1, "dims")), {}, out)
+
+
+@function_rule(torch.repeat_interleave)
+@method_rule("repeat_interleave")
+def _repeat_interleave(ctx, node, args, kwargs, out):
+    x = args[0]
+    dim = _arg(args, kwargs, 2, "dim")
+    if dim is None or not isinstance(out, TV) or out.ndim != x.ndim:
+        ctx.freeze([x], f"repeat_interleave over a flattened tensor at {ctx.where()}")
+        return out
+    d = dim % x.ndim
+    ctx.freeze_dims(x, [d], f"repeat_interleave along a prunable dim at {ctx.where()}")
+    out.track = {k: a for k, a in x.track.items() if k != d}
+    return out

@@ -10,9 +10,11 @@ from .values import TV, clean_track
 
 try:
     from torchvision.models import swin_transformer as _swin
+    from torchvision.models.video import mvit as _mvit
+    from torchvision.models.video import swin_transformer as _swin3d
     from torchvision.ops import stochastic_depth as _stochastic_depth
 except Exception:  # pragma: no cover - torchvision is a dependency; keep the core importable
-    _swin = None
+    _swin = _swin3d = _mvit = None
     _stochastic_depth = None
 
 if _stochastic_depth is not None:
@@ -20,7 +22,7 @@ if _stochastic_depth is not None:
 
 if _swin is not None:
 
-    @function_rule(_swin.shifted_window_attention)
+    @function_rule(_swin.shifted_window_attention, _swin3d.shifted_window_attention_3d)
     def _window_attention(ctx, node, args, kwargs, out):
         """Inner q/k/v width equals the input width C (the function reshapes with C // num_heads)
         and ``num_heads`` is a constant, so the per-head dim is pruned: position j of every head
@@ -54,10 +56,44 @@ if _swin is not None:
         out.track = clean_track({out.ndim - 1: np.tile(x.atoms(-1), 4)})  # four pixels side by side
         return out
 
-    @function_rule(_swin._get_relative_position_bias)
+    @function_rule(_swin._get_relative_position_bias, _swin3d._get_relative_position_bias)
     def _rel_bias(ctx, node, args, kwargs, out):
         table, index = args[0], args[1]
         ctx.freeze_dims(table, [0], f"relative positions of {ctx.where()}")
         ctx.freeze(index, f"index of {ctx.where()}")
         out.track = clean_track({1: table.atoms(1)}) if table.tracked(1) else {}
+        return out
+
+
+if _mvit is not None:
+    from .rules_tensor import FREE, reshape
+
+    @function_rule(_mvit._unsqueeze)
+    def _mvit_unsqueeze(ctx, node, args, kwargs, out):
+        x = args[0]
+        y = reshape(ctx, x, out[0], [FREE] * out[0].ndim) if isinstance(out, tuple) else out
+        return (y, x.ndim)
+
+    @function_rule(_mvit._squeeze)
+    def _mvit_squeeze(ctx, node, args, kwargs, out):
+        return reshape(ctx, args[0], out, [FREE] * out.ndim)
+
+    @function_rule(_mvit._add_rel_pos)
+    def _mvit_rel_pos(ctx, node, args, kwargs, out):
+        """Decomposed relative positions: tables (positions, head_dim) are read per query channel."""
+        attn, q = args[0], args[1]
+        for table in args[4:7]:
+            if isinstance(table, TV):
+                ctx.freeze_dims(table, [0], f"relative positions of {ctx.where()}")
+                ctx.union(table.atoms(1), q.atoms(-1), "relative position table")
+        ctx.freeze_dims(q, range(q.ndim - 1), f"query positions of {ctx.where()}")
+        ctx.freeze_dims(attn, [attn.ndim - 2, attn.ndim - 1], f"attention positions of {ctx.where()}")
+        out.track = {d: a for d, a in attn.track.items() if d < attn.ndim - 2}
+        return out
+
+    @function_rule(_mvit._add_shortcut)
+    def _mvit_shortcut(ctx, node, args, kwargs, out):
+        from .rules_tensor import broadcast_track
+        x, shortcut = args[0], args[1]
+        out.track = broadcast_track(ctx, [x, shortcut], out.shape)  # x += shortcut, in place
         return out
