@@ -89,11 +89,16 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] =
         try:
             graph = tracer.trace(model, concrete_args=concrete)
         except Exception as exc:  # fx raises many types; all mean "not traceable as a whole"
-            raise TraceError(
-                f"torch.fx could not trace {type(model).__name__}.forward: {type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}. Make the failing submodule a leaf "
-                f"(leaf_modules=[...]) or prune a traceable submodule instead (for a detector, "
-                f"its .backbone with a backbone-shaped example input).") from exc
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            if isinstance(getattr(model, "backbone", None), nn.Module):
+                hint = (f"This model has a `.backbone`: prune that part in place instead, e.g. "
+                        f"dp.prune(model.backbone, torch.randn(1, 3, H, W), ratio=0.5); the rest of "
+                        f"the model keeps working because the backbone's output widths never change.")
+            else:
+                hint = ("Make the failing submodule a leaf (leaf_modules=[...]) or prune a traceable "
+                        "submodule instead.")
+            raise TraceError(f"torch.fx could not trace {type(model).__name__}.forward "
+                             f"({type(exc).__name__}: {first}). {hint}") from exc
         gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
         _propagate_shapes(gm, model, args, kwargs)
     reached = set()

@@ -1,0 +1,157 @@
+"""Regularizer overhead: cost of the growing-regularization hooks in one training step.
+
+    python bench/reg_overhead.py [--batch 8] [--size 224] [--steps 10] [--model resnet50]
+
+One training step = forward, cross-entropy loss (+ ``pruner.penalty()`` for TPP), backward,
+``pruner.regularize()``, ``optimizer.step()`` (SGD, momentum 0.9), on ResNet-50 in train mode,
+batch ``--batch`` of ``--size``² random images, one thread. Variants:
+
+* ``baseline``: the same step, no regularization;
+* ours: ``dp.RegularizedPruner(model, x, method=M, ratio=0.5, ignored_layers=["fc"])`` for
+  M = ``greg1``, ``greg2``, ``tpp``, ``growing_reg`` (default hyper-parameters);
+* ``TP growing_reg``: ``tp.pruner.GrowingRegPruner(model, x, MagnitudeImportance(p=2),
+  pruning_ratio=0.5, ignored_layers=[fc])`` with ``.regularize(model)`` after backward.
+
+All variants share one model; before timing, every pruner is stepped ``interval`` times (its
+``step()``, no training) so that its penalties are non-zero (GReg-1: first ``delta`` on S_p; GReg-2:
+first uniform pick penalty; TPP: ``lambda(t) = delta`` so ``penalty()`` is live; growing_reg:
+``reg`` from the start). The variants then run round-robin, one step each per round (the
+starting variant rotates), for ``--steps`` rounds after ``--warmup`` untimed rounds.
+
+Reported per variant: median step time; **overhead** = median step / median baseline step - 1
+(noisy on a shared machine), and, measured inside the same steps, the median time of the
+regularization calls alone (``regularize()``, and ``penalty()`` + its extra backward share is in the
+step time only) relative to the baseline step (**hook overhead**, far less noisy). ``pruner.step()``
+(schedule bookkeeping, not part of the step above) is timed separately: mean over the rounds.
+Goal (issue 8): ≤ 5 % for the L2-type methods, ≤ 15 % for TPP.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import warnings
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+OURS = ["greg1", "greg2", "tpp", "growing_reg"]
+GOALS = {"greg1": 0.05, "greg2": 0.05, "growing_reg": 0.05, "TP growing_reg": 0.05, "tpp": 0.15}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="resnet50")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--steps", type=int, default=10, help="timed rounds (one step of every variant each)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
+    p.add_argument("--no-tp", action="store_true", help="skip Torch-Pruning's GrowingRegPruner")
+    args = p.parse_args()
+    C.single_thread()
+    warnings.filterwarnings("ignore")
+    import depgraph_prune as dp
+
+    print(C.machine_line(), flush=True)
+    print(f"command: python bench/reg_overhead.py {' '.join(sys.argv[1:])}", flush=True)
+    model, _, cls = C.make_model(args.model)
+    model.train()
+    x = torch.randn(args.batch, 3, args.size, args.size)
+    y = torch.randint(0, 1000, (args.batch,))
+    example = torch.randn(1, 3, args.size, args.size)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    variants = {"baseline": None}
+    build_s = {}
+    for m in OURS:
+        t = time.perf_counter()
+        pr = dp.RegularizedPruner(model, example, method=m, ratio=0.5, ignored_layers=[cls])
+        build_s[m] = time.perf_counter() - t
+        for _ in range(max(1, pr.method.interval)):
+            pr.step()
+        variants[m] = pr
+    if not args.no_tp:
+        import torch_pruning as tp
+        t = time.perf_counter()
+        variants["TP growing_reg"] = tp.pruner.GrowingRegPruner(
+            model, example, tp.importance.MagnitudeImportance(p=2), pruning_ratio=0.5,
+            ignored_layers=[model.get_submodule(cls)])
+        build_s["TP growing_reg"] = time.perf_counter() - t
+    model.train()
+    for name, pr in variants.items():
+        if name in OURS:
+            print(f"  {name}: {len(pr.groups)} regularized groups, max lambda {pr.max_lambda:.2e}, "
+                  f"phase {pr.phase}, built in {build_s[name]:.2f} s", flush=True)
+        elif pr is not None:
+            print(f"  {name}: {len(pr._groups)} groups, built in {build_s[name]:.2f} s", flush=True)
+
+    def one_step(name, pr):
+        t0 = time.perf_counter()
+        out = model(x)
+        loss = F.cross_entropy(out, y)
+        t_pen = 0.0
+        if name == "tpp":
+            tp0 = time.perf_counter()
+            loss = loss + pr.penalty()
+            t_pen = time.perf_counter() - tp0
+        opt.zero_grad(set_to_none=False)
+        loss.backward()
+        t1 = time.perf_counter()
+        if name in OURS:
+            pr.regularize()
+        elif pr is not None:
+            pr.regularize(model)
+        t2 = time.perf_counter()
+        opt.step()
+        t3 = time.perf_counter()
+        t_sched = 0.0
+        if name in OURS:
+            pr.step()
+            t_sched = time.perf_counter() - t3
+        return {"step": t3 - t0, "hook": (t2 - t1) + t_pen, "sched": t_sched}
+
+    names = list(variants)
+    times = {n: [] for n in names}
+    for r in range(args.warmup + args.steps):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            res = one_step(name, variants[name])
+            if r >= args.warmup:
+                times[name].append(res)
+        if r >= args.warmup:
+            print(f"  round {r - args.warmup + 1}/{args.steps}: " +
+                  ", ".join(f"{n} {times[n][-1]['step']:.2f}s" for n in names), flush=True)
+
+    base = statistics.median(t["step"] for t in times["baseline"])
+    rows, verdict = [], []
+    for name in names:
+        step = statistics.median(t["step"] for t in times[name])
+        hook = statistics.median(t["hook"] for t in times[name])
+        sched = statistics.mean(t["sched"] for t in times[name])
+        over = step / base - 1
+        hook_over = hook / base
+        goal = GOALS.get(name)
+        if goal is None:
+            v = ""
+        else:
+            ok = hook_over <= goal and over <= goal
+            v = f"≤{goal:.0%}: {'met' if ok else ('met on hook time, step median noisy' if hook_over <= goal else 'MISSED')}"
+            verdict.append((name, ok))
+        rows.append([name, f"{1000 * step:.0f}", "—" if name == "baseline" else f"{over:+.1%}",
+                     "—" if name == "baseline" else f"{1000 * hook:.1f}",
+                     "—" if name == "baseline" else f"{hook_over:.2%}",
+                     f"{1000 * sched:.2f}" if name in OURS else "—", v])
+    print()
+    print(f"{args.model}, batch {args.batch}, {args.size}×{args.size}, train mode, SGD; median of {args.steps} steps "
+          f"per variant, round-robin")
+    print(C.table(["variant", "step ms", "overhead (step)", "hook ms", "hook overhead", "pruner.step() ms (mean)",
+                   "goal"], rows))
+
+
+if __name__ == "__main__":
+    main()
