@@ -39,6 +39,7 @@ class PruneResult:
     widths: list[tuple[str, int, int]] = field(default_factory=list)  # (first member, before, after)
     records: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    frozen: list[tuple[str, int, str]] = field(default_factory=list)  # (first member, channels, reason)
 
     @property
     def speedup(self) -> float:
@@ -55,6 +56,12 @@ class PruneResult:
             lines.append(f"  {name:<44} {w0:>6} -> {w1:<6}")
         if len(self.widths) > 12:
             lines.append(f"  ... {len(self.widths) - 12} more")
+        inner = [f for f in self.frozen if not f[2].startswith(("reaches the model output", "convolution input at"))
+                 or "meets a fixed-size" not in f[2] and not f[2].startswith("reaches")]
+        if inner:
+            lines.append(f"{len(inner)} groups keep frozen channels (never pruned), e.g.:")
+            for name, n, reason in inner[:5]:
+                lines.append(f"  {name} ({n} channels): {reason}")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -210,6 +217,7 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
     graph = build_graph(model, example_inputs, ignored_layers=ignored_layers, leaf_modules=leaf_modules)
     before = count_ops(model, example_inputs)
     records, notes, widths = [], list(graph.notes), []
+    frozen = [(g.members[0].name, g.n_frozen, g.reason) for g in graph.groups if g.n_frozen and g.reason]
     rounds = range(1, steps + 1)
     if progress and steps > 1:
         from tqdm import tqdm
@@ -236,4 +244,4 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
         if callback is not None:
             callback(model, i)
     after = count_ops(model, example_inputs)
-    return PruneResult(before, after, widths, records, notes)
+    return PruneResult(before, after, widths, records, notes, frozen)
