@@ -56,8 +56,7 @@ class PruneResult:
             lines.append(f"  {name:<44} {w0:>6} -> {w1:<6}")
         if len(self.widths) > 12:
             lines.append(f"  ... {len(self.widths) - 12} more")
-        inner = [f for f in self.frozen if not f[2].startswith(("reaches the model output", "convolution input at"))
-                 or "meets a fixed-size" not in f[2] and not f[2].startswith("reaches")]
+        inner = [f for f in self.frozen if not f[2].startswith(("reaches the model output", "model input"))]
         if inner:
             lines.append(f"{len(inner)} groups keep frozen channels (never pruned), e.g.:")
             for name, n, reason in inner[:5]:

@@ -243,7 +243,8 @@ def output_structure(out):
 
 
 def check_runs(model: nn.Module, example_inputs, expected) -> str | None:
-    """Run ``model`` once on meta copies of its tensors; return what went wrong, or None."""
+    """Run ``model`` once (on meta copies of its tensors when possible, else for real, without
+    touching its buffers) and return what went wrong, or None."""
     from torch.nn.utils import stateless
     from torch.utils import _pytree as pytree
 
@@ -252,20 +253,31 @@ def check_runs(model: nn.Module, example_inputs, expected) -> str | None:
     state = {**dict(model.named_parameters(remove_duplicate=False)),
              **dict(model.named_buffers(remove_duplicate=False))}
     to_meta = lambda t: t.detach().to("meta")  # noqa: E731
+    out = None
     try:
         with _modes(model, False), torch.no_grad():
             meta_state = {k: to_meta(v) for k, v in state.items()}
             margs = pytree.tree_map_only(torch.Tensor, to_meta, (args, kwargs))
             with stateless._reparametrize_module(model, meta_state):
                 out = model(*margs[0], **margs[1])
-    except NotImplementedError:
-        return None  # an op without a meta kernel: nothing learned either way
     except Exception as exc:
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if not _meta_limitation(exc):
+            return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        try:  # data-dependent code (x.item(), if x.sum() > 0) cannot run on meta tensors
+            buffers = {k: v.detach().clone() for k, v in model.named_buffers(remove_duplicate=False)}
+            with _modes(model, False), torch.no_grad(), stateless._reparametrize_module(model, buffers):
+                out = model(*args, **kwargs)
+        except Exception as exc2:
+            return f"{type(exc2).__name__}: {str(exc2).splitlines()[0] if str(exc2) else ''}"
     got = output_structure(out)
     if expected is not None and _flat(got) != _flat(expected):
         return f"output shapes changed from {expected} to {got}"
     return None
+
+
+def _meta_limitation(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, NotImplementedError) or "meta" in text or "data-dependent" in text
 
 
 def _flat(s):

@@ -48,6 +48,20 @@ class _Tracer(fx.Tracer):
         self.record_stack_traces = True  # source lines let rules see which attribute a constant came from
         self._leaf_types = leaf_types
         self._leaf_names = leaf_names
+        self._stack: list[str] = []
+        self.failed_in: str | None = None  # innermost module whose forward raised
+
+    def call_module(self, m, forward, args, kwargs):
+        name = self.path_of_module(m)
+        self._stack.append(name)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:
+                self.failed_in = name
+            raise
+        finally:
+            self._stack.pop()
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         # Exact type match: subclasses (e.g. torchvision's LayerNorm2d, which permutes inside
@@ -77,28 +91,33 @@ class Trace:
     gm: fx.GraphModule
     training: bool
     reached_params: set[str] = field(default_factory=set)
+    opaque: dict[str, str] = field(default_factory=dict)  # module made a leaf → why it could not be traced
 
 
 def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] = (),
           leaf_names: Iterable[str] = (), training: bool = False) -> Trace:
-    """Trace ``model`` symbolically in the given mode and attach shapes from ``example_inputs``."""
+    """Trace ``model`` symbolically in the given mode and attach shapes from ``example_inputs``.
+
+    When tracing fails inside a submodule, that submodule is kept whole (an *opaque leaf*) and
+    tracing is retried, recursively, so the rest of the model is still analyzed. Only a failure in
+    the top-level ``forward`` itself raises ``TraceError``.
+    """
     args, kwargs = normalize_inputs(example_inputs)
-    tracer = _Tracer(tuple(leaf_types), frozenset(leaf_names))
-    concrete = None
+    leaf_names = set(leaf_names)
+    opaque: dict[str, str] = {}
     with _modes(model, training):
-        try:
-            graph = tracer.trace(model, concrete_args=concrete)
-        except Exception as exc:  # fx raises many types; all mean "not traceable as a whole"
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            if isinstance(getattr(model, "backbone", None), nn.Module):
-                hint = (f"This model has a `.backbone`: prune that part in place instead, e.g. "
-                        f"dp.prune(model.backbone, torch.randn(1, 3, H, W), ratio=0.5); the rest of "
-                        f"the model keeps working because the backbone's output widths never change.")
-            else:
-                hint = ("Make the failing submodule a leaf (leaf_modules=[...]) or prune a traceable "
-                        "submodule instead.")
-            raise TraceError(f"torch.fx could not trace {type(model).__name__}.forward "
-                             f"({type(exc).__name__}: {first}). {hint}") from exc
+        while True:
+            tracer = _Tracer(tuple(leaf_types), frozenset(leaf_names))
+            try:
+                graph = tracer.trace(model)
+                break
+            except Exception as exc:  # fx raises many types; all mean "not traceable as is"
+                culprit = tracer.failed_in
+                if culprit and culprit not in leaf_names:
+                    leaf_names.add(culprit)
+                    opaque[culprit] = f"{type(exc).__name__}: {_first_line(exc)}"
+                    continue
+                raise TraceError(_untraceable_message(model, exc)) from exc
         gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
         _propagate_shapes(gm, model, args, kwargs)
     reached = set()
@@ -109,7 +128,24 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] =
         elif node.op == "call_module":
             mod = named_modules[node.target]
             reached.update(f"{node.target}.{n}" for n, _ in mod.named_parameters())
-    return Trace(gm, training, reached)
+    return Trace(gm, training, reached, opaque)
+
+
+def _untraceable_message(model: nn.Module, exc: BaseException) -> str:
+    if isinstance(getattr(model, "backbone", None), nn.Module):
+        hint = ("This model has a `.backbone`: prune that part in place instead, e.g. "
+                "dp.prune(model.backbone, torch.randn(1, 3, H, W), ratio=0.5); the rest of "
+                "the model keeps working because the backbone's output widths never change.")
+    else:
+        hint = ("Its top-level forward must be traceable: move data-dependent control flow into a "
+                "submodule (which is then kept whole), or prune a traceable submodule instead.")
+    return (f"torch.fx could not trace {type(model).__name__}.forward "
+            f"({type(exc).__name__}: {_first_line(exc)}). {hint}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
 
 
 class _NodeFailure(RuntimeError):

@@ -28,8 +28,9 @@ Building blocks (``spec["blocks"]`` entries are ``(kind, params)`` pairs):
 - ``shared``: one conv applied twice, in sequence (``conv(act(conv(x)))``) or in parallel
   (``conv(x) + conv(pool(x))``);
 - ``norm``: LayerNorm over channels (permute → LayerNorm(C) → permute back) or GroupNorm.
-  Such models are flagged *normalizing*: zeroing a channel changes the statistics of the
-  others, so the function-preservation check does not apply to them.
+  LayerNorm and one-group GroupNorm make the model *normalizing* (``is_normalizing``): zeroing
+  a channel changes the statistics of the others, so the function-preservation check does not
+  apply to them (the shape checks still do).
 
 Heads: ``AdaptiveAvgPool2d((2, 2))`` → ``flatten`` → ``Linear(4C, k)``, or a global mean (or
 ``adaptive_avg_pool2d(x, 1).flatten(1)``) → ``Linear(C, k)``.
@@ -275,7 +276,11 @@ def block_out(kind: str, p: dict, c: int) -> int:
 
 
 def is_normalizing(spec: dict) -> bool:
-    return any(kind == "norm" for kind, _ in spec["blocks"])
+    """Whether the model normalizes over several prunable channels at once (LayerNorm over
+    channels, GroupNorm with one group): zeroing a channel then changes the others' statistics.
+    GroupNorm with several groups is not: its channels can only go a whole group at a time, and
+    the other groups' statistics do not depend on it."""
+    return any(kind == "norm" and (p["kind"] == "ln" or p["groups"] == 1) for kind, p in spec["blocks"])
 
 
 def build_model(spec: dict) -> nn.Module:

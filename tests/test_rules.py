@@ -243,7 +243,7 @@ def test_conv_nd(nd):
     assert len(graph.groups) == 3
     inp = group_with(graph, "c1.weight", 1)
     assert members(inp) == {("c1.weight", 1)}
-    assert_frozen(inp, "c1")
+    assert_frozen(inp, "model input")
     outg = group_with(graph, "c2.weight", 0)
     assert members(outg) == conv_members("c2")
     assert_frozen(outg, "output")
@@ -376,7 +376,7 @@ def test_linear(shape):
     assert members(g1) == {("l1.weight", 0), ("l1.bias", 0), ("l2.weight", 1)}
     assert members(g2) == {("l2.weight", 0), ("l2.bias", 0), ("l3.weight", 1)}
     assert (g1.size, g2.size, g1.n_frozen, g2.n_frozen) == (32, 24, 0, 0)
-    assert_frozen(group_with(graph, "l1.weight", 1), "l1")
+    assert_frozen(group_with(graph, "l1.weight", 1), "model input")
     assert_frozen(graph.group_of("l3"), "output")
     assert len(graph.groups) == 4
     assert_prunes(model, x, graph, {g1: [0, 31, 7], g2: [3]})
@@ -872,8 +872,10 @@ def test_cat_with_the_model_input_freezes_only_the_input_part():
     model, x = double(M(), torch.randn(2, 3, 4, 4))
     graph = dp.build_graph(model, x)
     g = graph.group_of("a")
-    assert members(g) == conv_members("a") | {("c.weight", 1)}
+    # the 3 input channels read by `a` are the same channels as the cat's first part
+    assert members(g) == conv_members("a") | {("c.weight", 1), ("a.weight", 1)}
     assert (g.size, g.n_frozen, g.prunable) == (8, 3, True)
+    assert "model input" in g.reason
     assert sorted(member(g, "c.weight", 1).indices(range(8)).tolist()) == list(range(3, 11))
     assert_prunes(model, x, graph, {g: [0, 7]})
     assert model.c.in_channels == 9
@@ -1422,11 +1424,9 @@ def test_input_passed_through_to_an_add_freezes_the_residual_channels():
     model, x = double(M(), torch.randn(1, 3, 4, 4))
     graph = dp.build_graph(model, x)
     g = graph.group_of("c1")
-    assert members(g) == conv_members("c1")
-    assert_frozen(g, "broadcast")
-    # the sum has the input's fixed width, so what reads it is fixed as well
-    (reader,) = [grp for grp in graph.groups if ("c2.weight", 1) in members(grp)]
-    assert reader.size == 0 and reader.n_frozen == 3
+    # c1's outputs are added to the input's channels: one frozen group, read by c2
+    assert members(g) == conv_members("c1") | {("c2.weight", 1), ("c1.weight", 1)}
+    assert_frozen(g, "model input")
 
 
 # =================================================================== what cannot be proven safe

@@ -53,7 +53,7 @@ def walk(ctx: BuildContext, gm: fx.GraphModule) -> None:
         ctx.node = node
         out = _template(node)
         if node.op == "placeholder":
-            env[node] = out
+            env[node] = _input_value(ctx, node, out)
             continue
         if node.op == "get_attr":
             env[node] = _get_attr(ctx, node, out, canonical)
@@ -92,6 +92,20 @@ def _meta_structure(tm):
     return None
 
 
+def _input_value(ctx, node, out):
+    """Model inputs get atoms of their own, frozen, so what they feed says why it is fixed."""
+    def one(tv):
+        if isinstance(tv, TV) and tv.ndim >= 2:
+            for d in range(1, tv.ndim):
+                if tv.shape[d] > 1:
+                    tv.track[d] = ctx.atoms.new(tv.shape[d])
+                    ctx.atoms.freeze(tv.track[d], f"model input `{node.target}` (input widths never change)")
+        return tv
+    if isinstance(out, tuple):
+        return tuple(one(t) for t in out)
+    return one(out)
+
+
 def _get_attr(ctx, node, out, canonical):
     obj = ctx.model
     for part in node.target.split("."):
@@ -119,7 +133,11 @@ def _apply(ctx, node, args, kwargs, out):
         rule = METHOD_RULES.get(node.target)
         kind = "method"
     if rule is None:
-        ctx.freeze([args, kwargs], f"no coupling rule for {kind} {ctx.where()}")
+        if module is not None and node.target in ctx.opaque:
+            why = f"opaque module `{node.target}` ({type(module).__name__}) could not be traced: {ctx.opaque[node.target]}"
+        else:
+            why = f"no coupling rule for {kind} {ctx.where()}"
+        ctx.freeze([args, kwargs], why)
         return out
     try:
         if module is not None:
@@ -135,6 +153,7 @@ def build_context(model: nn.Module, example_inputs: Any, leaf_names: Iterable[st
     ctx = BuildContext(model, dict(model.named_modules(remove_duplicate=False)))
     ctx.canonical = _canonical_names(model)
     tr = _trace.trace(model, example_inputs, leaf_types=leaf_types, leaf_names=leaf_names, training=False)
+    ctx.opaque = dict(tr.opaque)
     walk(ctx, tr.gm)
     reached = set(tr.reached_params)
     all_params = {n for n, _ in model.named_parameters()}
@@ -145,12 +164,15 @@ def build_context(model: nn.Module, example_inputs: Any, leaf_names: Iterable[st
         snapshot = ctx.snapshot()
         try:
             tr2 = _trace.trace(model, example_inputs, leaf_types=leaf_types, leaf_names=leaf_names, training=True)
+            ctx.opaque.update(tr2.opaque)
             walk(ctx, tr2.gm)
             reached |= tr2.reached_params
         except Exception as exc:
             ctx.restore(snapshot)  # a half-walked graph would be inconsistent
             notes.append(f"training-mode trace failed ({type(exc).__name__}: {exc}); branches that run "
                          f"only in training mode were not analyzed, so use the pruned model in eval mode")
+    for name, why in ctx.opaque.items():
+        notes.append(f"`{name}` was kept whole (opaque): {why}")
     missing = sorted(all_params - reached)
     if missing:
         notes.append(f"{len(missing)} parameters are never used by forward (e.g. {missing[0]}); they are not pruned")

@@ -49,6 +49,7 @@ class BuildContext:
     node: fx.Node | None = None
     canonical: dict = field(default_factory=dict)
     output_structure: object = None
+    opaque: dict = field(default_factory=dict)
 
     def snapshot(self):
         a = self.atoms
