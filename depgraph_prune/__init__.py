@@ -10,12 +10,13 @@ from .errors import PruningError, SurgeryError, TraceError
 from .graph import DependencyGraph, Group, GroupMember
 from .measure import OpCount, count_ops
 from .prune import PruneResult, build_graph, prune
-from . import analysis, importance, plan, regularize, specs
+from . import analysis, importance, plan, regularize, rules, specs
+from .rules import register_rule, unregister_rule
 from .analysis import filter_norm_separation, mean_jsv
 from .regularize import GReg1, GReg2, TPP, GrowingReg, OneShot, OrthP, RegularizedPruner
 
 __all__ = ["prune", "build_graph", "count_ops", "DependencyGraph", "Group", "GroupMember", "OpCount",
            "PruneResult", "PruningError", "SurgeryError", "TraceError", "RegularizedPruner", "GReg1", "GReg2",
            "TPP", "GrowingReg", "OneShot", "OrthP", "mean_jsv", "filter_norm_separation", "importance", "specs",
-           "analysis", "regularize", "plan"]
+           "analysis", "regularize", "plan", "rules", "register_rule", "unregister_rule"]
 __version__ = "0.1.0"

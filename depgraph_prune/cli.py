@@ -392,11 +392,11 @@ def cmd_prune(args) -> int:
     if args.ratio is None and ratios is None and args.target_speedup is None:
         args.ratio = 0.5
     lat_before = measure_latency(model, x, args.repeat) if args.latency else None
-    result = dp.prune(model, x, ratio=args.ratio, importance=key, ratios=ratios,
+    result = _traced(lambda: dp.prune(model, x, ratio=args.ratio, importance=key, ratios=ratios,
                       global_ranking=args.global_ranking, max_ratio=args.max_ratio,
                       target_speedup=args.target_speedup, round_to=args.round_to, min_channels=args.min_channels,
                       steps=args.steps, progress=args.steps > 1 and not args.json, ignored_layers=ignored,
-                      leaf_modules=leaves)
+                      leaf_modules=leaves))
     lat_after = measure_latency(model, x, args.repeat) if args.latency else None
     if args.plot:
         _plot(lambda: __import__("depgraph_prune.viz", fromlist=["plot_widths"]).plot_widths(
@@ -437,6 +437,19 @@ def cmd_prune(args) -> int:
         print(f"pruned model written to {args.out} (reload: depgraph-prune inspect --model {args.out} "
               f"--base {base}, or dp.load({args.out!r}, <fresh {base} model>))")
     return EXIT_OK
+
+
+def _traced(fn):
+    """Run ``fn``; a trace failure caused by the example input gets the command-line hint."""
+    from .errors import TraceError
+    try:
+        return fn()
+    except TraceError as exc:
+        if "example_inputs" in str(exc):
+            raise CLIError(str(exc).replace("Check that example_inputs has the shape and dtype the model expects.",
+                                            "").strip(),
+                           "Pass an --input-shape the model accepts (default 1,3,224,224).") from exc
+        raise
 
 
 def _plot(fn, option):
@@ -492,7 +505,7 @@ def cmd_inspect(args) -> int:
     _check_modules(model, ignored, "--ignore")
     leaves = _split_names(args.leaf)
     _check_modules(model, leaves, "--leaf")
-    graph = dp.build_graph(model, x, ignored_layers=ignored, leaf_modules=leaves)
+    graph = _traced(lambda: dp.build_graph(model, x, ignored_layers=ignored, leaf_modules=leaves))
     ops = dp.count_ops(model, x)
     group = _find_group(graph, model, args.group) if args.group is not None else None
     if args.draw:
@@ -638,7 +651,6 @@ def main(argv=None) -> int:
     try:
         args = parser.parse_args(argv)
         if args.command is None:
-            parser.print_help(sys.stderr)
             raise CLIError("no command given", f"Use one of: {PROG} prune, {PROG} inspect, {PROG} zoo.", EXIT_USAGE)
         if getattr(args, "threads", None):
             import torch

@@ -17,8 +17,12 @@ from .plan import check_ratio, global_plan, group_ratios, local_plan, select_cha
 
 
 def build_graph(model: nn.Module, example_inputs: Any, *, ignored_layers: Iterable = (),
-                leaf_modules: Iterable[str] = ()) -> DependencyGraph:
+                leaf_modules: Iterable = (), frozen: Iterable = ()) -> DependencyGraph:
     """Trace ``model`` on ``example_inputs`` and group its coupled channels.
+
+    ``ignored_layers``: modules (or names) whose *output* channels are kept. ``frozen``: modules
+    (names, objects or types) none of whose widths change. ``leaf_modules``: modules kept whole
+    in the trace (their channels are frozen unless a rule for their type exists).
 
     Example::
 
@@ -27,7 +31,8 @@ def build_graph(model: nn.Module, example_inputs: Any, *, ignored_layers: Iterab
         >>> graph.group_of("layer1.0.conv1").size
         64
     """
-    return DependencyGraph(model, example_inputs, ignored_layers=ignored_layers, leaf_modules=leaf_modules)
+    return DependencyGraph(model, example_inputs, ignored_layers=ignored_layers, leaf_modules=leaf_modules,
+                           frozen=frozen)
 
 
 @dataclass
@@ -166,7 +171,7 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
           ratios: Mapping[str, float] | None = None, global_ranking: bool = False, max_ratio: float = 0.9,
           target_speedup: float | None = None, round_to: int | None = None, min_channels: int = 1,
           steps: int = 1, callback: Callable | None = None, progress: bool = False,
-          ignored_layers: Iterable = (), leaf_modules: Iterable[str] = (),
+          ignored_layers: Iterable = (), leaf_modules: Iterable = (), frozen: Iterable = (),
           calibration: Iterable | None = None, loss_fn: Callable | None = None) -> PruneResult:
     """Prune ``model`` in place and return a ``PruneResult`` (``print`` it for a before/after table).
 
@@ -213,7 +218,8 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
     if needs_grad and steps > 1 and not isinstance(calibration, (list, tuple)) and iter(calibration) is calibration:
         calibration = list(calibration)  # a one-shot iterator must serve every round
     # the graph first: a bad example input gets the tracer's clear message
-    graph = build_graph(model, example_inputs, ignored_layers=ignored_layers, leaf_modules=leaf_modules)
+    graph = build_graph(model, example_inputs, ignored_layers=ignored_layers, leaf_modules=leaf_modules,
+                            frozen=frozen)
     before = count_ops(model, example_inputs)
     records, notes, widths = [], list(graph.notes), []
     frozen = [(g.members[0].name, g.n_frozen, g.reason) for g in graph.groups if g.n_frozen and g.reason]
@@ -222,10 +228,11 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
         from tqdm import tqdm
         rounds = tqdm(rounds, desc="pruning rounds")
     kw = dict(ratios=ratios, global_ranking=global_ranking, max_ratio=max_ratio, round_to=round_to,
-              min_channels=min_channels, ignored=ignored_layers, leaves=leaf_modules)
+              min_channels=min_channels, ignored=ignored_layers, leaves=leaf_modules, frozen=frozen)
     for i in rounds:
         if i > 1:
-            graph = build_graph(model, example_inputs, ignored_layers=ignored_layers, leaf_modules=leaf_modules)
+            graph = build_graph(model, example_inputs, ignored_layers=ignored_layers, leaf_modules=leaf_modules,
+                            frozen=frozen)
         if needs_grad:
             scorer.accumulate(model, calibration, loss_fn=loss_fn)
         if target_speedup is not None:

@@ -224,6 +224,13 @@ def _width_attrs(mod: nn.Module, name: str, new_tensors, widths: dict[str, int])
         ups += [("embed_dim", e), ("kdim", e), ("vdim", e), ("num_heads", e // mod.head_dim)]
     elif isinstance(mod, nn.Embedding):
         ups += [("embedding_dim", w.shape[1])]
+    from .graph.registry import WIDTH_RULES
+    for base in type(mod).__mro__:
+        if base in WIDTH_RULES:
+            changed = {a: _new(mod, a, new_tensors) for a, t in list(mod._parameters.items()) + list(mod._buffers.items())
+                       if t is not None and id(t) in new_tensors}
+            ups += list(WIDTH_RULES[base](mod, changed).items())
+            break
     handled = {a for a, _ in ups}
     for attr, value in widths.items():
         # a plain integer attribute that forward reads as a width (e.g. ViT's hidden_dim)

@@ -88,7 +88,10 @@ class AtomTable:
         tie = [c for c in self.constraints if c.tie and not c.holds(labels, ncomp)]
         if tie:
             for c in tie:
-                self.union(c.a, c.b, c.reason)
+                if c.a.shape == c.b.shape:
+                    self.union(c.a, c.b, c.reason)
+                else:  # b's width is a / k: position j of b goes with position j of every k-block of a
+                    self.union(c.a.reshape(-1, c.b.size), c.b[None, :], c.reason)
             ncomp, labels = self._components()
         return ncomp, labels
 

@@ -26,12 +26,13 @@ class DependencyGraph:
     """
 
     def __init__(self, model: nn.Module, example_inputs: Any, *, ignored_layers: Iterable = (),
-                 leaf_modules: Iterable[str] = ()):
+                 leaf_modules: Iterable = (), frozen: Iterable = ()):
         self.model = model
         self.example_inputs = example_inputs
-        ctx, notes = build_context(model, example_inputs, leaf_names=list(leaf_modules))
+        ctx, notes = build_context(model, example_inputs, leaf_names=self._names(leaf_modules, "leaf_modules"))
         self.notes = notes
         self._ignore(ctx, ignored_layers)
+        self._freeze_modules(ctx, self._names(frozen, "frozen"))
         self._ctx = ctx
         self._output_structure = ctx.output_structure
         self.groups: list[Group] = make_groups(ctx, self)
@@ -48,6 +49,30 @@ class DependencyGraph:
             member = ctx.members.get((ctx.canonical_name(key[0]), key[1]))
             if member is not None:
                 ctx.atoms.freeze(member.atoms, f"`{name}` is in ignored_layers")
+
+    def _names(self, items, arg: str) -> list[str]:
+        """Module names from names or module objects; types select every module of that type."""
+        by_id = {id(m): n for n, m in self.model.named_modules(remove_duplicate=False)}
+        names = []
+        for item in items:
+            if isinstance(item, type):
+                names += [n for n, m in self.model.named_modules() if isinstance(m, item) and n]
+            elif isinstance(item, str):
+                if item not in dict(self.model.named_modules(remove_duplicate=False)):
+                    raise PruningError(f"{arg} names {item!r}, which is not a submodule of the model")
+                names.append(item)
+            elif id(item) in by_id:
+                names.append(by_id[id(item)])
+            else:
+                raise PruningError(f"{arg} holds {type(item).__name__} object that is not a submodule of the model")
+        return names
+
+    def _freeze_modules(self, ctx, names):
+        for name in names:
+            prefix = f"{name}." if name else ""
+            for m in ctx.members.values():
+                if m.name.startswith(prefix):
+                    ctx.atoms.freeze(m.atoms, f"`{name}` is in frozen (all its widths are kept)")
 
     # -- inspection ---------------------------------------------------------------------------
     def group_of(self, module_name: str) -> Group:

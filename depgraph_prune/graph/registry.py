@@ -13,6 +13,7 @@ from typing import Callable
 FUNCTION_RULES: dict[object, Callable] = {}
 METHOD_RULES: dict[str, Callable] = {}
 MODULE_RULES: dict[type, Callable] = {}
+WIDTH_RULES: dict[type, Callable] = {}  # module type -> (module, new tensors by attr) -> {attr: value}
 
 
 def function_rule(*targets):

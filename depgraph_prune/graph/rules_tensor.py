@@ -367,7 +367,8 @@ def reshape(ctx, x: TV, out: TV, sizes) -> TV:
             s = kinds[j]
             c = _constraint(s, rep, ctx)
             # if the widths do not already follow each other, tie them (checked after union-find)
-            c.tie = s.scale == 1 and s.atoms.shape == rep.shape
+            c.tie = (s.scale == 1 and s.atoms.shape == rep.shape) or (
+                s.scale.numerator == 1 and s.atoms.size == s.scale.denominator * rep.size)
             ctx.atoms.constraints.append(c)
         elif isinstance(kinds[j], Opaque):
             ctx.atoms.freeze(rep, f"reshape size computed in a way we cannot follow at {ctx.where()}")
@@ -381,7 +382,7 @@ def reshape(ctx, x: TV, out: TV, sizes) -> TV:
 def _constraint(sym: Sym, rep, ctx):
     from .atoms import Constraint
     # new size of the output dim (count of kept rep atoms) == scale * new size of the source dim
-    return Constraint(a=sym.atoms, b=rep, scale=float(sym.scale),
+    return Constraint(a=np.asarray(sym.atoms).ravel(), b=np.asarray(rep).ravel(), scale=float(sym.scale),
                       reason=f"reshape size read from another tensor's width at {ctx.where()}")
 
 
@@ -739,3 +740,18 @@ def _repeat_interleave(ctx, node, args, kwargs, out):
     ctx.freeze_dims(x, [d], f"repeat_interleave along a prunable dim at {ctx.where()}")
     out.track = {k: a for k, a in x.track.items() if k != d}
     return out
+
+
+@function_rule(torch._assert)
+def _assert(ctx, node, args, kwargs, out):
+    """An assertion on a width pins it (e.g. ``torch._assert(x.shape[1] == self.dim)``)."""
+    ctx.freeze([args, kwargs], f"width checked by an assertion at {ctx.where()}")
+    return None
+
+
+@function_rule(builtins.len)
+def _len(ctx, node, args, kwargs, out):
+    x = args[0]
+    if isinstance(x, TV):
+        return Sym(x.track[0]) if 0 in x.track else x.shape[0]
+    return len(x) if isinstance(x, (tuple, list)) else None
