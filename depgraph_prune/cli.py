@@ -269,12 +269,12 @@ def load_model(spec: str, base: str | None = None):
             raise CLIError(f"cannot load {spec!r} into {base}: {exc}",
                            "Check that --base names the architecture the file was saved from.") from exc
         return model, inputs, name
-    if base:
-        raise CLIError(f"--base is only used with a saved file, but --model {spec!r} is not an existing file",
-                       "Drop --base, or check the file's path.", EXIT_USAGE)
     if _looks_like_path(spec):
         raise CLIError(f"the model file {spec!r} does not exist", "Check the path (files are written by "
                        "'depgraph-prune prune ... --out FILE').", EXIT_USAGE)
+    if base:
+        raise CLIError(f"--base is only used with a saved file, but --model {spec!r} is not an existing file",
+                       "Drop --base, or check the file's path.", EXIT_USAGE)
     return _build(spec)
 
 
@@ -353,6 +353,8 @@ def _common_model_args(p):
                         "1,3,8,112,112 for video models)")
     p.add_argument("--ignore", action="append", metavar="MODULE", default=[],
                    help="module whose output channels are never pruned (repeat it or separate names by commas)")
+    p.add_argument("--freeze", action="append", metavar="MODULE", default=[],
+                   help="module none of whose widths may change (inputs and outputs); repeatable")
     p.add_argument("--leaf", action="append", metavar="MODULE", default=[],
                    help="submodule to keep whole when tracing (not traced into); repeatable")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and input (default 0)")
@@ -382,6 +384,8 @@ def cmd_prune(args) -> int:
     _check_modules(model, ignored, "--ignore")
     leaves = _split_names(args.leaf)
     _check_modules(model, leaves, "--leaf")
+    frozen = _split_names(args.freeze)
+    _check_modules(model, frozen, "--freeze")
     ratios = None
     if args.ratios:
         try:
@@ -396,7 +400,7 @@ def cmd_prune(args) -> int:
                       global_ranking=args.global_ranking, max_ratio=args.max_ratio,
                       target_speedup=args.target_speedup, round_to=args.round_to, min_channels=args.min_channels,
                       steps=args.steps, progress=args.steps > 1 and not args.json, ignored_layers=ignored,
-                      leaf_modules=leaves))
+                      leaf_modules=leaves, **({"frozen": frozen} if frozen else {})))
     lat_after = measure_latency(model, x, args.repeat) if args.latency else None
     if args.plot:
         _plot(lambda: __import__("depgraph_prune.viz", fromlist=["plot_widths"]).plot_widths(
@@ -505,7 +509,10 @@ def cmd_inspect(args) -> int:
     _check_modules(model, ignored, "--ignore")
     leaves = _split_names(args.leaf)
     _check_modules(model, leaves, "--leaf")
-    graph = _traced(lambda: dp.build_graph(model, x, ignored_layers=ignored, leaf_modules=leaves))
+    frozen = _split_names(args.freeze)
+    _check_modules(model, frozen, "--freeze")
+    graph = _traced(lambda: dp.build_graph(model, x, ignored_layers=ignored, leaf_modules=leaves,
+                                           **({"frozen": frozen} if frozen else {})))
     ops = dp.count_ops(model, x)
     group = _find_group(graph, model, args.group) if args.group is not None else None
     if args.draw:

@@ -413,7 +413,9 @@ def _coerce(where: str, current, value):
         if not isinstance(value, list) or len(value) != len(current) or \
                 not all(type(a) is type(b) for a, b in zip(current, value)):
             _fail(f"{where}: {value!r} does not fit the current value {current!r}")
-        return type(current)(value) if type(current) in (tuple, list) else tuple(value)
+        if hasattr(current, "_fields"):  # a namedtuple
+            return type(current)(*value)
+        return type(current)(value)
     if isinstance(current, (float, str)) or current is None:
         if type(value) is not type(current) and not (current is None or value is None):
             _fail(f"{where}: {value!r} does not fit the current value {current!r}")
@@ -429,7 +431,8 @@ def load(path, model: nn.Module, *, example_inputs: Any = None) -> nn.Module:
     Parameters keep their identity (``param.data`` is replaced), as in the surgeon. Each tensor
     keeps the dtype and device of ``model``'s own tensor, as with ``load_state_dict``: build the
     model in the dtype it was saved in for bit-identical outputs. With ``example_inputs`` the
-    loaded model is also run once on meta tensors and the load undone if that fails.
+    loaded model is also run once, as the surgeon validates its result (on meta tensors where
+    possible), and the load is undone if that fails.
 
     Raises :class:`FormatError` (corrupt, truncated, tampered, newer version) or
     :class:`ModelMismatchError` (record or weights do not fit ``model``; ``model`` was already

@@ -70,13 +70,7 @@ class PruneResult:
         return "\n".join(lines)
 
 
-def _meta_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose parameters and buffers live on the meta device (no memory)."""
-    memo = {}
-    for t in list(model.parameters()) + list(model.buffers()):
-        meta = t.detach().to("meta")
-        memo[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
-    return copy.deepcopy(model, memo)
+from .trace import structural_copy as _meta_copy  # noqa: E402
 
 
 def _to_meta(inputs):
@@ -222,7 +216,7 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
                             frozen=frozen)
     before = count_ops(model, example_inputs)
     records, notes, widths = [], list(graph.notes), []
-    frozen = [(g.members[0].name, g.n_frozen, g.reason) for g in graph.groups if g.n_frozen and g.reason]
+    frozen_groups = [(g.members[0].name, n, r) for g in graph.groups for r, n in g.frozen_reasons.most_common()]
     rounds = range(1, steps + 1)
     if progress and steps > 1:
         from tqdm import tqdm
@@ -250,4 +244,4 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
         if callback is not None:
             callback(model, i)
     after = count_ops(model, example_inputs)
-    return PruneResult(before, after, widths, records, notes, frozen)
+    return PruneResult(before, after, widths, records, notes, frozen_groups)

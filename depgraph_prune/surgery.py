@@ -231,6 +231,13 @@ def _width_attrs(mod: nn.Module, name: str, new_tensors, widths: dict[str, int])
                        if t is not None and id(t) in new_tensors}
             ups += list(WIDTH_RULES[base](mod, changed).items())
             break
+    if not isinstance(mod, nn.LayerNorm) and any(a.startswith("normalized_shape[") for a in widths):
+        shape = list(mod.normalized_shape)  # a third-party LayerNorm class
+        for i in range(len(shape)):
+            shape[i] = widths.get(f"normalized_shape[{i}]", shape[i])
+        ups += [("normalized_shape", type(mod.normalized_shape)(shape) if isinstance(mod.normalized_shape, (tuple, list)) else tuple(shape))]
+    if isinstance(mod, nn.GroupNorm) is False and "num_channels" in widths and hasattr(mod, "num_channels"):
+        ups += [("num_channels", widths["num_channels"])]
     handled = {a for a, _ in ups}
     for attr, value in widths.items():
         # a plain integer attribute that forward reads as a width (e.g. ViT's hidden_dim)

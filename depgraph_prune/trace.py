@@ -8,6 +8,7 @@ also works for models on the ``meta`` device.
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -43,13 +44,47 @@ def rule_type(m: nn.Module, types) -> type | None:
 
 
 class _Tracer(fx.Tracer):
-    def __init__(self, leaf_types: tuple[type, ...], leaf_names: frozenset[str]):
+    def __init__(self, leaf_types: tuple[type, ...], leaf_names: frozenset[str], meta_args: tuple = ()):
         super().__init__()
+        self._meta_args = meta_args
+        self.decided: list[str] = []  # nodes whose concrete value decided an `if`/`assert`
         self.record_stack_traces = True  # source lines let rules see which attribute a constant came from
         self._leaf_types = leaf_types
         self._leaf_names = leaf_names
         self._stack: list[str] = []
         self.failed_in: str | None = None  # innermost module whose forward raised
+
+    def to_bool(self, obj) -> bool:
+        """Shape checks (``assert x.shape[-2:] == (1, 1)``, ``if x.dim() == 4``) are decided on the
+        example input by running the graph so far on meta tensors; the builder then pins every width
+        the decision read. Data-dependent conditions cannot be decided on meta tensors and fail as
+        usual (the module becomes an opaque leaf)."""
+        value = self._concrete(obj.node)
+        if isinstance(value, torch.Tensor):
+            if value.device.type == "meta":
+                raise fx.proxy.TraceError("symbolically traced variables cannot be used as inputs to control flow")
+        self.decided.append(obj.node.name)
+        return bool(value)
+
+    def _concrete(self, node):
+        if not self._meta_args:
+            raise fx.proxy.TraceError("symbolically traced variables cannot be used as inputs to control flow")
+        graph, env = fx.Graph(), {}
+        for n in self.graph.nodes:
+            env[n] = graph.node_copy(n, lambda a: env[a])
+            if n is node:
+                break
+        graph.output(env[node])
+        gm = fx.GraphModule(self.root, graph)
+        try:
+            from torch.fx._symbolic_trace import _maybe_revert_all_patches as _unpatched
+        except ImportError:  # pragma: no cover
+            _unpatched = contextlib.nullcontext
+        try:
+            with _unpatched(), torch.no_grad():
+                return gm(*self._meta_args[:sum(1 for n in graph.nodes if n.op == "placeholder")])
+        except Exception as exc:
+            raise fx.proxy.TraceError(f"control flow on a value that could not be evaluated ({exc})") from exc
 
     def call_module(self, m, forward, args, kwargs):
         name = self.path_of_module(m)
@@ -92,10 +127,22 @@ class Trace:
     training: bool
     reached_params: set[str] = field(default_factory=set)
     opaque: dict[str, str] = field(default_factory=dict)  # module made a leaf → why it could not be traced
+    decided: list[str] = field(default_factory=list)  # nodes whose value decided control flow
+
+
+def structural_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose parameters and buffers live on the meta device: same classes,
+    names, attributes and tied weights, no memory. Tracing runs on it, so code in ``forward`` that
+    caches things on ``self`` never touches the user's module."""
+    memo = {}
+    for t in list(model.parameters()) + list(model.buffers()):
+        meta = t.detach().to("meta")
+        memo[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
+    return copy.deepcopy(model, memo)
 
 
 def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] = (),
-          leaf_names: Iterable[str] = (), training: bool = False) -> Trace:
+          leaf_names: Iterable[str] = (), training: bool = False, real_model: nn.Module | None = None) -> Trace:
     """Trace ``model`` symbolically in the given mode and attach shapes from ``example_inputs``.
 
     When tracing fails inside a submodule, that submodule is kept whole (an *opaque leaf*) and
@@ -105,9 +152,10 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] =
     args, kwargs = normalize_inputs(example_inputs)
     leaf_names = set(leaf_names)
     opaque: dict[str, str] = {}
+    meta_args = _meta_positional(model, args, kwargs)
     with _modes(model, training):
         while True:
-            tracer = _Tracer(tuple(leaf_types), frozenset(leaf_names))
+            tracer = _Tracer(tuple(leaf_types), frozenset(leaf_names), meta_args)
             try:
                 graph = tracer.trace(model)
                 break
@@ -119,7 +167,7 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] =
                     continue
                 raise TraceError(_untraceable_message(model, exc)) from exc
         gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-        _propagate_shapes(gm, model, args, kwargs)
+        _propagate_shapes(gm, model, args, kwargs, real_model or model)
     reached = set()
     named_modules = dict(model.named_modules())
     for node in gm.graph.nodes:
@@ -128,7 +176,18 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] =
         elif node.op == "call_module":
             mod = named_modules[node.target]
             reached.update(f"{node.target}.{n}" for n, _ in mod.named_parameters())
-    return Trace(gm, training, reached, opaque)
+    return Trace(gm, training, reached, opaque, tracer.decided)
+
+
+def _meta_positional(model: nn.Module, args: tuple, kwargs: dict) -> tuple:
+    """The example inputs as meta tensors, in forward's parameter order (for deciding shape checks)."""
+    import inspect
+    try:
+        params = list(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        params = []
+    values = list(args) + [kwargs[p] for p in params[len(args):] if p in kwargs]
+    return tuple(pytree.tree_map_only(torch.Tensor, lambda t: t.detach().to("meta"), values))
 
 
 def _untraceable_message(model: nn.Module, exc: BaseException) -> str:
@@ -181,7 +240,7 @@ class _ShapeRecorder(fx.Interpreter):
         return result
 
 
-def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, args: tuple, kwargs: dict) -> None:
+def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, args: tuple, kwargs: dict, real: nn.Module) -> None:
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     flat_args = list(args)
     for node in placeholders[len(args):]:
@@ -206,7 +265,10 @@ def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, args: tuple, kwargs:
         except Exception:
             pass  # some ops have no meta kernel or compare devices: use real tensors
         try:
-            real_state = {k: v.detach().clone() for k, v in gm.named_buffers(remove_duplicate=False)}
+            # the real tensors, by name, from the user's model (the traced copy may hold meta ones)
+            real_state = {k: v.detach() for k, v in real.named_parameters(remove_duplicate=False)}
+            real_state.update({k: v.detach().clone() for k, v in real.named_buffers(remove_duplicate=False)})
+            real_state = {k: v for k, v in real_state.items() if k in state}
             with stateless._reparametrize_module(gm, real_state):
                 _ShapeRecorder(gm).run(*flat_args)
         except Exception as exc:

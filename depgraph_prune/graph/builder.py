@@ -46,8 +46,9 @@ def _canonical_names(model: nn.Module) -> dict[int, str]:
     return names
 
 
-def walk(ctx: BuildContext, gm: fx.GraphModule) -> None:
+def walk(ctx: BuildContext, gm: fx.GraphModule, decided=()) -> None:
     env: dict[fx.Node, Any] = {}
+    decided = set(decided)
     canonical = ctx.canonical
     for node in gm.graph.nodes:
         ctx.node = node
@@ -66,6 +67,8 @@ def walk(ctx: BuildContext, gm: fx.GraphModule) -> None:
                 ctx.output_structure = _structure(node.args[0])
             continue
         env[node] = _apply(ctx, node, args, kwargs, out)
+        if node.name in decided:
+            ctx.freeze(env[node], f"a width decides control flow (`if`/`assert`) at {ctx.where()}")
 
 
 def _structure(arg):
@@ -150,11 +153,17 @@ def _apply(ctx, node, args, kwargs, out):
 
 def build_context(model: nn.Module, example_inputs: Any, leaf_names: Iterable[str] = ()) -> tuple[BuildContext, list[str]]:
     leaf_types = tuple(MODULE_RULES) + OPAQUE_TYPES
+    real = model
+    try:
+        model = _trace.structural_copy(model)
+    except Exception:  # an attribute deepcopy cannot handle: trace the model itself
+        pass
     ctx = BuildContext(model, dict(model.named_modules(remove_duplicate=False)))
     ctx.canonical = _canonical_names(model)
-    tr = _trace.trace(model, example_inputs, leaf_types=leaf_types, leaf_names=leaf_names, training=False)
+    tr = _trace.trace(model, example_inputs, leaf_types=leaf_types, leaf_names=leaf_names, training=False,
+                      real_model=real)
     ctx.opaque = dict(tr.opaque)
-    walk(ctx, tr.gm)
+    walk(ctx, tr.gm, tr.decided)
     reached = set(tr.reached_params)
     all_params = {n for n, _ in model.named_parameters()}
     notes = []
@@ -163,9 +172,10 @@ def build_context(model: nn.Module, example_inputs: Any, leaf_names: Iterable[st
         # add the training-mode graph's constraints so both modes stay valid.
         snapshot = ctx.snapshot()
         try:
-            tr2 = _trace.trace(model, example_inputs, leaf_types=leaf_types, leaf_names=leaf_names, training=True)
+            tr2 = _trace.trace(model, example_inputs, leaf_types=leaf_types, leaf_names=leaf_names, training=True,
+                               real_model=real)
             ctx.opaque.update(tr2.opaque)
-            walk(ctx, tr2.gm)
+            walk(ctx, tr2.gm, tr2.decided)
             reached |= tr2.reached_params
         except Exception as exc:
             ctx.restore(snapshot)  # a half-walked graph would be inconsistent

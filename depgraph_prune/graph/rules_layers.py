@@ -171,7 +171,10 @@ def _layernorm_f(ctx, node, args, kwargs, out):
     # The shape is a constant in the trace; it may change only if the surgeon can update the
     # attribute it came from: the normalized_shape of the LayerNorm that owns the weight.
     owner = _owner(ctx, w)
-    if isinstance(owner, nn.LayerNorm) and tuple(owner.normalized_shape) == tuple(shape):
+    # any owner whose `normalized_shape` attribute is what forward passed (nn.LayerNorm, its
+    # subclasses, or a third-party LayerNorm class) can be updated by the surgeon
+    if isinstance(getattr(owner, "normalized_shape", None), (tuple, list, torch.Size)) \
+            and tuple(owner.normalized_shape) == tuple(shape):
         oname = w.origin.rsplit(".", 1)[0]
         for i in range(k):
             ctx.width_atoms(oname, f"normalized_shape[{i}]", x.atoms(x.ndim - k + i))
@@ -216,8 +219,10 @@ def _groupnorm_f(ctx, node, args, kwargs, out):
     w, b = _arg(args, kwargs, 2, "weight"), _arg(args, kwargs, 3, "bias")
     owner = _owner(ctx, w)
     g = _arg(args, kwargs, 1, "num_groups")
-    return groupnorm_core(ctx, args[0], g, w, b, out,
-                          can_drop_groups=isinstance(owner, nn.GroupNorm) and owner.num_groups == g)
+    owned = isinstance(owner, nn.GroupNorm) and owner.num_groups == g
+    if owned:  # a GroupNorm subclass with its own forward: the surgeon updates its widths
+        ctx.width_atoms(w.origin.rsplit(".", 1)[0], "num_channels", args[0].atoms(1))
+    return groupnorm_core(ctx, args[0], g, w, b, out, can_drop_groups=owned)
 
 
 @module_rule(nn.PReLU)
@@ -374,3 +379,22 @@ _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish, nn.H
 @module_rule(*_ACTIVATIONS)
 def _activation(ctx, node, module, args, kwargs, out):
     return passthrough(ctx, node, (args[0],), {}, out)
+
+
+@module_rule(nn.PixelUnshuffle)
+def _pixel_unshuffle(ctx, node, module, args, kwargs, out):
+    return _unshuffle(ctx, args[0], module.downscale_factor, out)
+
+
+@function_rule(F.pixel_unshuffle)
+def _pixel_unshuffle_f(ctx, node, args, kwargs, out):
+    return _unshuffle(ctx, args[0], _arg(args, kwargs, 1, "downscale_factor"), out)
+
+
+def _unshuffle(ctx, x, r, out):
+    """Channel c becomes channels c*r² .. c*r²+r²-1 (one per pixel of each r×r block)."""
+    cdim = x.ndim - 3
+    ctx.freeze_dims(x, [d for d in range(cdim + 1, x.ndim)], f"spatial dims of {ctx.where()}")
+    out.track = clean_track({**{d: a for d, a in x.track.items() if d < cdim},
+                             cdim: np.repeat(x.atoms(cdim), r * r)})
+    return out

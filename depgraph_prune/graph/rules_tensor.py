@@ -117,7 +117,8 @@ _UNARY_METHODS = ["relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp"
                   "requires_grad_", "zero_", "fill_", "normal_", "uniform_", "sin", "cos", "reciprocal",
                   "floor", "ceil", "round", "trunc", "exp2", "log2", "log1p", "expm1", "bool", "int",
                   "long", "sigmoid", "nan_to_num", "logical_not", "__invert__", "new_zeros_like",
-                  "hardswish", "gelu", "silu", "pin_memory"]
+                  "hardswish", "gelu", "silu", "pin_memory", "bernoulli", "bernoulli_", "exponential_",
+                  "random_"]
 
 
 @function_rule(*_ELEMENTWISE_FUNCS)
@@ -476,7 +477,7 @@ def _stack(ctx, node, args, kwargs, out):
     return out
 
 
-def _split_parts(ctx, x: TV, outs, dim, equal: bool):
+def _split_parts(ctx, x: TV, outs, dim, equal: bool, width_attr=None):
     d = dim % x.ndim
     res = []
     if d not in x.track:
@@ -489,6 +490,8 @@ def _split_parts(ctx, x: TV, outs, dim, equal: bool):
         # chunk(k): every part keeps the same width, so position j of every part goes together
         grid = atoms.reshape(len(outs), sizes[0])
         rep = ctx.atoms.tie_along(grid, (0,), f"equal chunks at {ctx.where()}")
+        if width_attr is not None:  # split(x, self.width): the surgeon updates the attribute
+            ctx.width_atoms(width_attr[0], width_attr[1], rep)
         for o in outs:
             o.track = {**{k: a for k, a in x.track.items() if k != d}, d: rep}
             o.track = clean_track(o.track)
@@ -512,7 +515,12 @@ def _chunk(ctx, node, args, kwargs, out):
 def _split(ctx, node, args, kwargs, out):
     x = args[0]
     dim = _arg(args, kwargs, 2, "dim", 0)
-    return tuple(_split_parts(ctx, x, out, dim, equal=False))
+    size = _arg(args, kwargs, 1, "split_size_or_sections", kwargs.get("split_size"))
+    attr = None
+    if isinstance(size, int) and not isinstance(size, bool) and node.target in ("split", torch.split) \
+            and x.shape[dim % x.ndim] % size == 0:
+        attr = ctx.attribute_for_constant(size)  # equal parts sized by a width attribute
+    return tuple(_split_parts(ctx, x, out, dim, equal=attr is not None, width_attr=attr))
 
 
 @function_rule(torch.unbind)
@@ -602,7 +610,7 @@ def _slice_atoms(ctx, atoms, s: slice):
 
 
 # --- reductions ---------------------------------------------------------------------------
-_REDUCE_FUNCS = [torch.mean, torch.sum, torch.amax, torch.amin, torch.std, torch.var, torch.logsumexp,
+_REDUCE_FUNCS = [torch.var_mean, torch.std_mean, torch.mean, torch.sum, torch.amax, torch.amin, torch.std, torch.var, torch.logsumexp,
                  torch.norm, torch.prod, torch.argmax, torch.argmin, torch.nansum, torch.nanmean]
 _REDUCE_METHODS = ["mean", "sum", "amax", "amin", "max", "min", "std", "var", "logsumexp", "norm", "prod",
                    "argmax", "argmin", "nansum", "nanmean", "any", "all"]
@@ -755,3 +763,19 @@ def _len(ctx, node, args, kwargs, out):
     if isinstance(x, TV):
         return Sym(x.track[0]) if 0 in x.track else x.shape[0]
     return len(x) if isinstance(x, (tuple, list)) else None
+
+
+@method_rule("new_empty", "new_zeros", "new_ones", "new_full")
+def _new_like(ctx, node, args, kwargs, out):
+    """A fresh tensor: its values don't come from ``x``; its dims follow the requested sizes."""
+    sizes = _shape_args(args, kwargs)
+    if node.target == "new_full" and len(args) > 2:
+        sizes = _shape_args(args[:2], kwargs)
+    track = {}
+    for j, s in enumerate(sizes):
+        if isinstance(s, Sym):
+            track[j] = s.atoms
+        elif isinstance(s, Opaque):
+            ctx.atoms.freeze(s.atoms, f"size computed in a way we cannot follow at {ctx.where()}")
+    out.track = clean_track(track)
+    return out
