@@ -63,7 +63,9 @@ def build(kind: str, name: str, max_size: int | None):
     if kind == "classification":
         s = classification_size(name)
         s = min(s, max_size) if max_size and "vit" not in name and "max" not in name and "swin" not in name else s
-        model = torchvision.models.get_model(name, weights=None)
+        # ViTs are built for one resolution: build them for the one their weights use
+        extra = {"image_size": s} if name.startswith("vit_") else {}
+        model = torchvision.models.get_model(name, weights=None, **extra)
         x = torch.randn(1, 3, s, s)
         return model, x, model, lambda: model(x), f"{s}"
     if kind == "segmentation":
