@@ -12,14 +12,15 @@ Measures (Linux, from /proc/self/status; the peak ``VmHWM`` is reset through
 
 and prints ``(peak - base) / W``: the model itself plus everything pruning needs on top of it,
 in units of the model's weights (goal: < 1.3), and ``(peak - rss with the model) / W``, the
-pruning overhead alone. ``--phases`` breaks the pipeline into build_graph, count_ops, scoring +
+pruning overhead alone. glibc's dynamic mmap threshold makes freed medium-sized blocks stay
+resident; ``MALLOC_MMAP_THRESHOLD_=131072 python bench/memory.py`` measures without that effect.
+``--phases`` breaks the pipeline into build_graph, count_ops, scoring +
 plan and surgery, with the peak of each.
 """
 from __future__ import annotations
 
 import argparse
 import gc
-import os
 import resource
 import sys
 import time
@@ -68,14 +69,15 @@ def peak() -> int:
 
 def measure(label, fn, rows, with_model):
     gc.collect()
+    start = rss()
     reset_peak()
     t = time.perf_counter()
     out = fn()
     sec = time.perf_counter() - t
     p = peak()
     rows.append((label, p, sec))
-    print(f"  {label:<22} peak {p / MiB:9.1f} MiB  (+{(p - with_model) / MiB:8.1f} MiB over the model)  {sec:6.1f}s",
-          flush=True)
+    print(f"  {label:<22} peak {p / MiB:9.1f} MiB  (+{(p - with_model) / MiB:7.1f} MiB over the model, "
+          f"+{(p - start) / MiB:7.1f} over this step's start)  {sec:6.1f}s", flush=True)
     return out
 
 

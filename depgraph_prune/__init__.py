@@ -11,7 +11,7 @@ from .graph import DependencyGraph, Group, GroupMember
 from .measure import OpCount, count_ops
 from .prune import PruneResult, build_graph, prune
 from . import analysis, importance, io, optim, plan, regularize, rules, specs, viz
-from .io import load, load_state, save, save_state
+from .io import FormatError, LoadError, ModelMismatchError, load, load_state, save, save_state
 from .optim import rebuild_optimizer
 from .rules import register_rule, unregister_rule
 from .analysis import filter_norm_separation, mean_jsv
@@ -21,5 +21,6 @@ __all__ = ["prune", "build_graph", "count_ops", "DependencyGraph", "Group", "Gro
            "PruneResult", "PruningError", "SurgeryError", "TraceError", "RegularizedPruner", "GReg1", "GReg2",
            "TPP", "GrowingReg", "OneShot", "OrthP", "mean_jsv", "filter_norm_separation", "importance", "specs",
            "analysis", "regularize", "plan", "rules", "register_rule", "unregister_rule", "save", "load",
-           "save_state", "load_state", "rebuild_optimizer", "io", "optim", "viz"]
+           "save_state", "load_state", "rebuild_optimizer", "io", "optim", "viz", "LoadError", "FormatError",
+           "ModelMismatchError"]
 __version__ = "0.1.0"

@@ -55,7 +55,6 @@ def _map_state(shape: tuple, param_shape: tuple, entries: list[dict[int, np.ndar
         return {}
     n = len(entries)
     for k in range(1, n + 1):
-        window = entries[n - k:]
         ok, comp = True, {}
         for d in range(ndim):
             # compose the kept positions of the window's surgeries that touched dim d, newest first

@@ -201,11 +201,18 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
             raise PruningError(f"target_speedup must be a number > 1, got {target_speedup!r}")
     elif ratio is not None:
         check_ratio(ratio)
+    if not isinstance(model, nn.Module):
+        raise PruningError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(min_channels, bool) or not isinstance(min_channels, int) or min_channels < 1:
+        raise PruningError(f"min_channels must be a positive integer, got {min_channels!r}")
     if not isinstance(steps, int) or steps < 1:
         raise PruningError(f"steps must be a positive integer, got {steps!r}")
     if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
         raise PruningError(f"round_to must be a positive integer, got {round_to!r}")
-    scorer = _imp.resolve(importance)
+    try:
+        scorer = _imp.resolve(importance)
+    except ValueError as exc:
+        raise PruningError(f"importance: {exc}") from exc
     needs_grad = getattr(scorer, "needs_gradients", False)
     if needs_grad and calibration is None:
         raise PruningError(f"importance={importance!r} needs gradients: pass calibration=<iterable of (inputs, targets)>")
@@ -244,4 +251,9 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
         if callback is not None:
             callback(model, i)
     after = count_ops(model, example_inputs)
+    if not any(True for _ in model.parameters()):
+        notes.append("the model has no parameters: nothing to prune")
+    elif not records:
+        notes.append("no prunable group: every channel is frozen or the ratios select nothing "
+                     "(see dp.build_graph(model, x).summary())")
     return PruneResult(before, after, widths, records, notes, frozen_groups)

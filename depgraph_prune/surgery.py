@@ -93,6 +93,10 @@ def apply_plan(graph, plan: Mapping) -> dict:
         touched_modules[id(mod)] = (mod, owner)
     for mod, mod_name in touched_modules.values():
         attr_updates.extend(_width_attrs(mod, mod_name, new_tensors, widths.get(mod_name, {})))
+    # the record is built before anything is touched, so it cannot fail after the commit
+    names = {id(m): _name_of(model, m) for m, _, _ in attr_updates}
+    record = {"kept": {f"{n}:{d}": idx.tolist() for (n, d), idx in keeps.items()},
+              "attrs": {(f"{names[id(m)]}.{a}" if names[id(m)] else a): _jsonable(v) for m, a, v in attr_updates}}
     # ---- commit phase ------------------------------------------------------------------------
     undo = []
     try:
@@ -114,9 +118,6 @@ def apply_plan(graph, plan: Mapping) -> dict:
     except Exception as exc:
         _rollback(undo)
         raise SurgeryError(f"surgery failed while committing ({exc}); the model was restored") from exc
-    record = {"kept": {f"{n}:{d}": idx.tolist() for (n, d), idx in keeps.items()},
-              "attrs": {f"{mod_name}.{attr}" if mod_name else attr: _jsonable(value)
-                        for mod_name, (mod, attr, value) in ((_name_of(model, m), (m, a, v)) for m, a, v in attr_updates)}}
     history = model.__dict__.setdefault("_depgraph_prune_history", [])
     history.append(record)
 
@@ -283,9 +284,12 @@ def check_runs(model: nn.Module, example_inputs, expected) -> str | None:
                 out = model(*args, **kwargs)
         except Exception as exc2:
             return f"{type(exc2).__name__}: {str(exc2).splitlines()[0] if str(exc2) else ''}"
-    got = output_structure(out)
-    if expected is not None and _flat(got) != _flat(expected):
-        return f"output shapes changed from {expected} to {got}"
+    try:
+        got = output_structure(out)
+        if expected is not None and _flat(got) != _flat(expected):
+            return f"output shapes changed from {expected} to {got}"
+    except Exception as exc:
+        return f"could not compare the outputs ({type(exc).__name__}: {exc})"
     return None
 
 
@@ -296,7 +300,7 @@ def _meta_limitation(exc: BaseException) -> bool:
 
 def _flat(s):
     if isinstance(s, dict):
-        return [_flat(v) for _, v in sorted(s.items())]
+        return [(repr(k), _flat(v)) for k, v in sorted(s.items(), key=lambda kv: repr(kv[0]))]
     if isinstance(s, list):
         return [_flat(v) for v in s]
     return s

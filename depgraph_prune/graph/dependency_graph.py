@@ -129,7 +129,10 @@ class DependencyGraph:
             raise PruningError("this graph was already used to prune its model; build a new graph")
         record = apply_plan(self, plan)
         if validate and record:
-            problem = check_runs(self.model, self.example_inputs, self._output_structure)
+            try:
+                problem = check_runs(self.model, self.example_inputs, self._output_structure)
+            except Exception as exc:  # whatever goes wrong here, the model goes back as it was
+                problem = f"{type(exc).__name__}: {exc}"
             if problem:
                 record["undo"]()
                 raise SurgeryError(f"the pruned model failed its check ({problem}); the surgery was undone. "
