@@ -47,6 +47,7 @@ class _Tracer(fx.Tracer):
     def __init__(self, leaf_types: tuple[type, ...], leaf_names: frozenset[str], meta_args: tuple = ()):
         super().__init__()
         self._meta_args = meta_args
+        self._evaluating = False
         self.decided: list[str] = []  # nodes whose concrete value decided an `if`/`assert`
         self.record_stack_traces = True  # source lines let rules see which attribute a constant came from
         self._leaf_types = leaf_types
@@ -80,13 +81,18 @@ class _Tracer(fx.Tracer):
             from torch.fx._symbolic_trace import _maybe_revert_all_patches as _unpatched
         except ImportError:  # pragma: no cover
             _unpatched = contextlib.nullcontext
+        self._evaluating = True  # module calls made while evaluating must run, not be traced
         try:
             with _unpatched(), torch.no_grad():
                 return gm(*self._meta_args[:sum(1 for n in graph.nodes if n.op == "placeholder")])
         except Exception as exc:
             raise fx.proxy.TraceError(f"control flow on a value that could not be evaluated ({exc})") from exc
+        finally:
+            self._evaluating = False
 
     def call_module(self, m, forward, args, kwargs):
+        if self._evaluating:
+            return forward(*args, **kwargs)
         name = self.path_of_module(m)
         self._stack.append(name)
         try:
