@@ -135,6 +135,9 @@ def _apply(ctx, node, args, kwargs, out):
     elif node.op == "call_method":
         rule = METHOD_RULES.get(node.target)
         kind = "method"
+    if rule is None and node.op == "call_function" and isinstance(node.target, type) \
+            and issubclass(node.target, tuple):
+        return tuple(args)  # a namedtuple of outputs (GoogLeNetOutputs): just a container
     if rule is None:
         if module is not None and node.target in ctx.opaque:
             why = f"opaque module `{node.target}` ({type(module).__name__}) could not be traced: {ctx.opaque[node.target]}"
