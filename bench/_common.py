@@ -56,6 +56,11 @@ def versions() -> dict[str, str]:
         out["torch-pruning"] = version("torch-pruning")
     except Exception:
         out["torch-pruning"] = "not installed"
+    try:
+        import depgraph_prune
+        out["depgraph_prune"] = os.path.dirname(os.path.abspath(depgraph_prune.__file__))
+    except Exception:
+        out["depgraph_prune"] = "not importable"
     return out
 
 
@@ -68,7 +73,7 @@ def machine_line() -> str:
         pass
     return (f"{time.strftime('%Y-%m-%d %H:%M')} · {os.cpu_count()} CPUs ({cpu_model()}) · 1 thread{load} · "
             f"python {v['python']} · torch {v['torch']} · torchvision {v['torchvision']} · "
-            f"torch-pruning {v['torch-pruning']}")
+            f"torch-pruning {v['torch-pruning']} · depgraph_prune from {v['depgraph_prune']}")
 
 
 # --------------------------------------------------------------------------- models

@@ -17,7 +17,7 @@ For every model, two timings, each on a *fresh* model instance (construction not
 
 Ours and theirs run in the *same* worker process, alternately (ours first on even repeats, theirs
 first on odd ones); the table shows medians over ``--repeat`` runs and the ratio theirs / ours
-(> 1: ours faster). Each run has a time limit (``--timeout``): a run that does not answer in time
+(the median of the per-repeat ratios of adjacent runs; > 1: ours faster). Each run has a time limit (``--timeout``): a run that does not answer in time
 has its worker killed and is reported as "did not finish in T s" (later repeats of that
 cell are skipped). After the first prune of each (library, model) the pruned model is run
 (forward) and its output shape compared with the original; MACs kept are counted with
@@ -196,7 +196,7 @@ def main():
                 for what in ("build", "prune"):
                     for lib in order:
                         cell = raw.setdefault(f"{name}/{what}/{lib}", {"times": [], "info": {}, "dnf": None})
-                        if cell["dnf"]:
+                        if cell["dnf"] or cell.get("stop"):
                             continue
                         res = worker.call(what, args.timeout, lib=lib, model=name, check=(r == 0))
                         if res.get("ok"):
@@ -205,8 +205,13 @@ def main():
                                 cell["info"] = {k: v for k, v in res.items() if k not in ("ok", "seconds")}
                             msg = f"{res['seconds']:.2f} s"
                         else:
-                            cell["dnf"] = res.get("error", "failed")
-                            msg = cell["dnf"]
+                            err = res.get("error", "failed")
+                            if cell["times"]:  # earlier repeats finished: keep them, stop repeating
+                                cell["late_failure"] = err
+                                cell["stop"] = True
+                            else:
+                                cell["dnf"] = err
+                            msg = err
                         print(f"  {name:16} {what:6} {lib:6} run {r + 1}/{args.repeat}: {msg}", flush=True)
     finally:
         worker.close()
@@ -217,15 +222,17 @@ def main():
         for what in ("build", "prune"):
             o, t = raw[f"{name}/{what}/ours"], raw[f"{name}/{what}/theirs"]
             mo, mt = C.median(o["times"]), C.median(t["times"])
-            ratio = mt / mo if (mo and mt) else None
-            ro = C.fmt_s(mo) if not o["dnf"] else o["dnf"]
+            # ratio: median over repeats of the paired ratio (theirs_i / ours_i, adjacent runs)
+            ratio = C.median([b / a for a, b in zip(o["times"], t["times"])]) if (mo and mt) else None
+            late = lambda c: f" (a later run: {c['late_failure']})" if c.get("late_failure") else ""  # noqa: E731
+            ro = (C.fmt_s(mo) + late(o)) if not o["dnf"] else o["dnf"]
             if t["dnf"]:
                 rt = t["dnf"]
                 # a hang/crash of theirs counts as a win only if it was a timeout
                 ratio_s = f"> {args.timeout / mo:.0f}× (TP DNF)" if ("did not finish" in t["dnf"] and mo) else "— (TP failed)"
                 ratios.append(args.timeout / mo if ("did not finish" in t["dnf"] and mo) else None)
             else:
-                rt = C.fmt_s(mt)
+                rt = C.fmt_s(mt) + late(t)
                 ratio_s = C.fmt_ratio(ratio)
                 ratios.append(ratio)
             row += [ro, rt, ratio_s]
@@ -245,7 +252,7 @@ def main():
     headers = ["model", "build ours s", "build TP s", "build TP/ours", "prune ours s", "prune TP s",
                "prune TP/ours", "ours pruned model", "TP pruned model", f"goal ≥{GOAL:.0f}×"]
     print()
-    print(f"median of {args.repeat} runs, seconds; ratio = TP / ours (> 1: ours faster)")
+    print(f"median of {args.repeat} runs, seconds; TP/ours = median of the per-repeat paired ratios (> 1: ours faster)")
     print(C.table(headers, rows))
     met = sum(v[1] for v in verdicts)
     print(f"\ngoal (ours ≥ {GOAL:.0f}× faster, build and prune, every model): {met}/{len(verdicts)} models meet it")

@@ -9,6 +9,9 @@ batch ``--batch`` of ``--size``² random images, one thread. Variants:
 * ``baseline``: the same step, no regularization;
 * ours: ``dp.RegularizedPruner(model, x, method=M, ratio=0.5, ignored_layers=["fc"])`` for
   M = ``greg1``, ``greg2``, ``tpp``, ``growing_reg`` (default hyper-parameters);
+* ``tpp (conv1/conv2 only)`` (ResNets): TPP with ``ratios={"*layer*.conv1": .5, "*layer*.conv2": .5}``,
+  the TPP paper's ResNet setting (residual-coupled groups are not pruned, so no Gram penalty on
+  the wide ``layerK`` output groups);
 * ``TP growing_reg``: ``tp.pruner.GrowingRegPruner(model, x, MagnitudeImportance(p=2),
   pruning_ratio=0.5, ignored_layers=[fc])`` with ``.regularize(model)`` after backward.
 
@@ -18,10 +21,12 @@ first uniform pick penalty; TPP: ``lambda(t) = delta`` so ``penalty()`` is live;
 ``reg`` from the start). The variants then run round-robin, one step each per round (the
 starting variant rotates), for ``--steps`` rounds after ``--warmup`` untimed rounds.
 
-Reported per variant: median step time; **overhead** = median step / median baseline step - 1
-(noisy on a shared machine), and, measured inside the same steps, the median time of the
-regularization calls alone (``regularize()``, and ``penalty()`` + its extra backward share is in the
-step time only) relative to the baseline step (**hook overhead**, far less noisy). ``pruner.step()``
+Reported per variant: median step time; **step overhead** = median over rounds of (variant step /
+baseline step of the same round) - 1 (noisy on a shared machine); and, measured inside the same
+steps, the median time of the regularization calls alone (``regularize()``; for TPP plus the
+``penalty()`` forward, its extra backward is only in the step time) relative to the median
+baseline step (**hook overhead**, far less noisy). The goal verdict uses the hook overhead for the
+L2-type methods (``regularize()`` is all they add to the step) and the step overhead for TPP. ``pruner.step()``
 (schedule bookkeeping, not part of the step above) is timed separately: mean over the rounds.
 Goal (issue 8): ≤ 5 % for the L2-type methods, ≤ 15 % for TPP.
 """
@@ -40,8 +45,9 @@ import _common as C  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-OURS = ["greg1", "greg2", "tpp", "growing_reg"]
-GOALS = {"greg1": 0.05, "greg2": 0.05, "growing_reg": 0.05, "TP growing_reg": 0.05, "tpp": 0.15}
+TPP_INNER = "tpp (conv1/conv2 only)"
+OURS = ["greg1", "greg2", "tpp", "growing_reg", TPP_INNER]
+GOALS = {"greg1": 0.05, "greg2": 0.05, "growing_reg": 0.05, "TP growing_reg": 0.05, "tpp": 0.15, TPP_INNER: 0.15}
 
 
 def main():
@@ -68,13 +74,22 @@ def main():
 
     variants = {"baseline": None}
     build_s = {}
-    for m in OURS:
+    for m in OURS[:4]:
         t = time.perf_counter()
         pr = dp.RegularizedPruner(model, example, method=m, ratio=0.5, ignored_layers=[cls])
         build_s[m] = time.perf_counter() - t
         for _ in range(max(1, pr.method.interval)):
             pr.step()
         variants[m] = pr
+    if "resnet" in args.model:
+        # the TPP paper's ResNet setting: only the blocks' inner convs are pruned, so the Gram
+        # penalty skips the wide residual-coupled groups (layerK output channels)
+        t = time.perf_counter()
+        pr = dp.RegularizedPruner(model, example, method="tpp", ratios={"*layer*.conv1": 0.5, "*layer*.conv2": 0.5})
+        build_s[TPP_INNER] = time.perf_counter() - t
+        for _ in range(max(1, pr.method.interval)):
+            pr.step()
+        variants[TPP_INNER] = pr
     if not args.no_tp:
         import torch_pruning as tp
         t = time.perf_counter()
@@ -95,7 +110,7 @@ def main():
         out = model(x)
         loss = F.cross_entropy(out, y)
         t_pen = 0.0
-        if name == "tpp":
+        if name in ("tpp", TPP_INNER):
             tp0 = time.perf_counter()
             loss = loss + pr.penalty()
             t_pen = time.perf_counter() - tp0
@@ -128,29 +143,33 @@ def main():
                   ", ".join(f"{n} {times[n][-1]['step']:.2f}s" for n in names), flush=True)
 
     base = statistics.median(t["step"] for t in times["baseline"])
-    rows, verdict = [], []
+    rows = []
     for name in names:
         step = statistics.median(t["step"] for t in times[name])
         hook = statistics.median(t["hook"] for t in times[name])
         sched = statistics.mean(t["sched"] for t in times[name])
-        over = step / base - 1
+        # paired: this variant's step against the baseline step of the same round
+        paired = statistics.median(v["step"] / b["step"] for v, b in zip(times[name], times["baseline"])) - 1
         hook_over = hook / base
         goal = GOALS.get(name)
         if goal is None:
             v = ""
         else:
-            ok = hook_over <= goal and over <= goal
-            v = f"≤{goal:.0%}: {'met' if ok else ('met on hook time, step median noisy' if hook_over <= goal else 'MISSED')}"
-            verdict.append((name, ok))
-        rows.append([name, f"{1000 * step:.0f}", "—" if name == "baseline" else f"{over:+.1%}",
+            # L2-type methods add nothing but regularize() to the step: its own time is the
+            # overhead (precise). TPP's penalty also adds backward work: the step ratio decides.
+            tpp = name.startswith("tpp")
+            primary = paired if tpp else hook_over
+            v = f"≤{goal:.0%} ({'step' if tpp else 'hook'}): {'met' if primary <= goal else 'MISSED'}"
+        rows.append([name, f"{1000 * step:.0f}", "—" if name == "baseline" else f"{paired:+.1%}",
                      "—" if name == "baseline" else f"{1000 * hook:.1f}",
                      "—" if name == "baseline" else f"{hook_over:.2%}",
                      f"{1000 * sched:.2f}" if name in OURS else "—", v])
     print()
     print(f"{args.model}, batch {args.batch}, {args.size}×{args.size}, train mode, SGD; median of {args.steps} steps "
-          f"per variant, round-robin")
-    print(C.table(["variant", "step ms", "overhead (step)", "hook ms", "hook overhead", "pruner.step() ms (mean)",
-                   "goal"], rows))
+          f"per variant, round-robin. step overhead = median over rounds of (variant step / baseline step of the "
+          f"same round) - 1; hook = regularize() (+ penalty() forward for TPP), hook overhead = hook / median baseline step")
+    print(C.table(["variant", "step ms (median)", "step overhead (paired)", "hook ms", "hook overhead",
+                   "pruner.step() ms (mean)", "goal"], rows))
 
 
 if __name__ == "__main__":

@@ -186,7 +186,7 @@ def main():
                 for what in ("build", "prune"):
                     for lib in order:
                         cell = raw.setdefault(f"{lib}/{what}/{n}", {"times": [], "dnf": None, "info": {}})
-                        if dead[lib] is not None or cell["dnf"]:
+                        if dead[lib] is not None or cell["dnf"] or cell.get("stop"):
                             continue
                         res = worker.call("run", args.timeout, lib=lib, what=what, n=n, check=(r == 0))
                         if res.get("ok"):
@@ -196,9 +196,16 @@ def main():
                                 cell["info"] = {k: v for k, v in res.items() if k not in ("ok", "seconds")}
                             msg = f"{res['seconds']:.2f} s"
                         else:
-                            cell["dnf"] = res.get("error", "failed")
-                            dead[lib] = n
-                            msg = cell["dnf"]
+                            err = res.get("error", "failed")
+                            if cell["times"]:  # earlier repeats finished: keep them, stop repeating
+                                cell["late_failure"] = err
+                                cell["dnf"] = None
+                                cell["stop"] = True
+                            else:
+                                cell["dnf"] = err
+                            if cell["dnf"]:
+                                dead[lib] = n
+                            msg = err
                         print(f"  N={n:<6} {what:6} {lib:6} run {r + 1}/{args.repeat}: {msg}", flush=True)
     finally:
         worker.close()
@@ -213,7 +220,8 @@ def main():
             return "not run (smaller size broke)"
         if c["dnf"]:
             return c["dnf"]
-        return C.fmt_s(C.median(c["times"]), 3)
+        late = f" ({len(c['times'])} runs; a later one: {c['late_failure']})" if c.get("late_failure") else ""
+        return C.fmt_s(C.median(c["times"]), 3) + late
 
     headers = ["N (target)", "layers", "groups", "build ours s", "prune ours s", "build s / layer (ms)",
                "local slope build", "local slope prune"]
