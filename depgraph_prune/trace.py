@@ -61,6 +61,8 @@ class _Tracer(fx.Tracer):
         the decision read. Data-dependent conditions cannot be decided on meta tensors and fail as
         usual (the module becomes an opaque leaf)."""
         value = self._concrete(obj.node)
+        if isinstance(value, fx.Proxy):  # evaluation leaked into tracing: never recurse on it
+            raise fx.proxy.TraceError(f"could not evaluate the condition {obj.node.name!r} on the example input")
         if isinstance(value, torch.Tensor):
             if value.device.type == "meta":
                 raise fx.proxy.TraceError("symbolically traced variables cannot be used as inputs to control flow")
@@ -76,7 +78,6 @@ class _Tracer(fx.Tracer):
             if n is node:
                 break
         graph.output(env[node])
-        gm = fx.GraphModule(self.root, graph)
         try:
             from torch.fx._symbolic_trace import _maybe_revert_all_patches as _unpatched
         except ImportError:  # pragma: no cover
@@ -84,6 +85,9 @@ class _Tracer(fx.Tracer):
         self._evaluating = True  # module calls made while evaluating must run, not be traced
         try:
             with _unpatched(), torch.no_grad():
+                # Built unpatched: the tracer's patched Module.__getattr__ would hand the
+                # GraphModule proxies instead of the parameters its get_attr nodes copy.
+                gm = fx.GraphModule(self.root, graph)
                 return gm(*self._meta_args[:sum(1 for n in graph.nodes if n.op == "placeholder")])
         except Exception as exc:
             raise fx.proxy.TraceError(f"control flow on a value that could not be evaluated ({exc})") from exc
