@@ -117,6 +117,10 @@ def main():
                          rows, with_model)
         print(f"  speedup {result.speedup:.2f}x, params {result.before.params / 1e6:.1f}M -> "
               f"{result.after.params / 1e6:.1f}M")
+    gc.collect()
+    after = rss()
+    print(f"  resident after pruning: {after / MiB:.1f} MiB (+{(after - base) / MiB:.1f} MiB over base; "
+          f"the pruned weights are {sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers())) / MiB:.1f} MiB)")
     top = max(p for _, p, _ in rows)
     ratio = (top - base) / weights
     overhead = (top - with_model) / weights

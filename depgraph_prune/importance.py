@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._memory import drop_scratch, release_free_memory, scratch
 from .errors import PruningError
 from .graph.groups import Group, GroupMember
 
@@ -68,6 +69,29 @@ def member_tensor(model, name: str):
 def _slices(t: torch.Tensor, dim: int) -> torch.Tensor:
     """``t`` as a float64 CPU matrix with one row per position along ``dim``."""
     return t.detach().to("cpu", torch.float64).movedim(dim, 0).reshape(t.shape[dim], -1)
+
+
+_BLOCK = 1 << 20  # float64 elements converted at a time (8 MiB)
+
+
+def _row_sums(t: torch.Tensor, dim: int, fn: Callable[..., torch.Tensor]) -> torch.Tensor:
+    """``fn`` of ``t`` summed over each position along ``dim``, in float64 on the CPU. Converted
+    block by block into one reused buffer (``fn(buf, out=buf)``): a float64 copy of a whole large
+    weight would double its memory, and a fresh block per step fragments the C heap, which then
+    stays resident."""
+    t = t.detach().movedim(dim, 0)
+    n = t.shape[0]
+    width = max(1, t[0].numel()) if n else 1
+    step = max(1, _BLOCK // width)
+    out = torch.empty(n, dtype=torch.float64)
+    buf = scratch(min(step, n) * width)
+    for i in range(0, n, step):
+        k = min(step, n - i)
+        block = buf[: k * width].view(k, width)
+        block.view((k,) + tuple(t.shape[1:])).copy_(t[i:i + k])  # strided copy, no temporary
+        fn(block, out=block)
+        torch.sum(block, 1, out=out[i:i + k])
+    return out
 
 
 def _to_channels(member: GroupMember, per_pos: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,11 +205,18 @@ class Importance:
             t = member_tensor(model, m.name)
             if t is None or t.dim() == 0:
                 continue
+            if t.device.type == "meta":
+                raise PruningError(f"{self!r} reads weight values, but `{m.name}` is on the meta device and has "
+                                   "none: use importance='random' to plan a meta model, or load its weights first")
             yield m, t
 
     def _group_scores(self, group: Group) -> torch.Tensor:
         model = group._graph.model
-        parts = [self._member_scores(model, m, t, group.size) for m, t in self._contributions(group)]
+        try:
+            parts = [self._member_scores(model, m, t, group.size) for m, t in self._contributions(group)]
+        finally:
+            if drop_scratch() >= 1 << 17:  # large members were read: hand the heap's churn back
+                release_free_memory()
         return _reduce(parts, group.size, self.reduction)
 
 
@@ -237,8 +268,7 @@ class Magnitude(Importance):
         return f"Magnitude(p={self.p}, reduction={self.reduction!r}, normalize={self.normalize!r})"
 
     def _member_scores(self, model, member, tensor, size):
-        rows = _slices(tensor, member.dim)
-        per_pos = rows.abs().sum(1) if self.p == 1 else rows.pow(2).sum(1)
+        per_pos = _row_sums(tensor, member.dim, torch.abs if self.p == 1 else torch.square)
         return _to_channels(member, per_pos, size)
 
 
@@ -274,7 +304,7 @@ class BNScale(Importance):
         return isinstance(mod, _NORM_TYPES)
 
     def _member_scores(self, model, member, tensor, size):
-        return _to_channels(member, _slices(tensor, member.dim).abs().sum(1), size)
+        return _to_channels(member, _row_sums(tensor, member.dim, torch.abs), size)
 
     def _group_scores(self, group):
         if next(iter(self._contributions(group)), None) is None:
@@ -329,7 +359,7 @@ class LAMP(Importance):
     """
 
     def _member_scores(self, model, member, tensor, size):
-        sq, present = _to_channels(member, _slices(tensor, member.dim).pow(2).sum(1), size)
+        sq, present = _to_channels(member, _row_sums(tensor, member.dim, torch.square), size)
         vals = sq[present]
         asc = torch.sort(vals).values
         suffix = torch.flip(torch.cumsum(torch.flip(asc, [0]), 0), [0])  # suffix[i] = sum(asc[i:])

@@ -1,10 +1,13 @@
 """Step 4: the surgeon. Removes channels from the user's own modules, all or nothing.
 
-Build phase: every new tensor is made with ``index_select`` (same device and dtype) and every
-new width attribute is computed; nothing in the model is touched. Commit phase: parameters
-keep their identity (``param.data`` is swapped, so optimizers still hold the right objects,
-see ``rebuild_optimizer`` for their state), buffers and width attributes are replaced. If the
-commit fails half-way, everything done so far is rolled back.
+Build phase: every new shape and width attribute is worked out on meta tensors (no memory), so
+anything the plan cannot do is refused before the model is touched. Commit phase, tensor by
+tensor: each tensor is split into the kept part and the removed parts, and the kept part takes
+its place. The removed parts are all an undo needs, so the model's weights are never held twice
+(the peak is the model plus its largest tensor). Parameters keep their identity (``param.data``
+is swapped, so optimizers still hold the right objects, see ``rebuild_optimizer`` for their
+state); buffers and width attributes are replaced. If the commit fails half-way, everything done
+so far is rolled back, bit for bit.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._memory import release_free_memory
 from .errors import PruningError, SurgeryError
 
 
@@ -80,9 +84,8 @@ def apply_plan(graph, plan: Mapping) -> dict:
         for name, dims in by_tensor.items():
             owner, attr = _resolve(model, name)
             t = getattr(owner, attr)
-            new = _slice(t.detach(), dims)
-            grad = _slice(t.grad, dims) if isinstance(t, nn.Parameter) and t.grad is not None else None
-            new_tensors[id(t)] = (t, new, grad)
+            # shapes only: the real slices are cut in the commit, one tensor at a time
+            new_tensors[id(t)] = (t, _slice(t.detach().to("meta"), dims), dims)
     attr_updates = []
     touched_modules = {}
     for tid in new_tensors:
@@ -99,18 +102,28 @@ def apply_plan(graph, plan: Mapping) -> dict:
               "attrs": {(f"{names[id(m)]}.{a}" if names[id(m)] else a): _jsonable(v) for m, a, v in attr_updates}}
     # ---- commit phase ------------------------------------------------------------------------
     undo = []
+    freed = 0
     try:
-        for tid, (t, new, grad) in new_tensors.items():
-            if isinstance(t, nn.Parameter):
-                undo.append(("param", t, t.data, t.grad))
-                t.grad = None
-                t.data = new
-                t.grad = grad
-            else:
-                for mod, attr, _ in holders.get(tid, []):
-                    old = mod._buffers[attr]
-                    mod._buffers[attr] = new
-                    undo.append(("buffer", mod, attr, old))
+        with torch.no_grad():
+            for tid, (t, _, dims) in new_tensors.items():
+                if isinstance(t, nn.Parameter):
+                    new, parts = _split(t.detach(), dims)
+                    grad = _slice(t.grad, dims) if t.grad is not None else None
+                    undo.append(("param_split", t, tuple(t.shape), parts, t.grad))
+                    t.grad = None
+                    t.data = new
+                    t.grad = grad
+                    del new, parts  # the model holds the kept part, the undo entry the rest
+                    freed += t.numel() * t.element_size()
+                    if freed > 1 << 26:  # the old tensors may sit in glibc's heap: give it back as we go
+                        release_free_memory()
+                        freed = 0
+                else:
+                    new = _slice(t, dims)
+                    for mod, attr, _ in holders.get(tid, []):
+                        old = mod._buffers[attr]
+                        mod._buffers[attr] = new
+                        undo.append(("buffer", mod, attr, old))
         for mod, attr, value in attr_updates:
             old = getattr(mod, attr)
             setattr(mod, attr, value)
@@ -156,10 +169,17 @@ def _rollback(undo):
 
 
 def _undo_one(entry):
-    if entry[0] == "param":
+    if entry[0] == "param":  # the old data itself was kept (io.load)
         _, t, data, grad = entry
         t.grad = None
         t.data = data
+        t.grad = grad
+    elif entry[0] == "param_split":
+        _, t, shape, parts, grad = entry
+        t.grad = None
+        if tuple(t.shape) != shape:  # the kept part is in place: put the removed parts back
+            with torch.no_grad():
+                t.data = _merge(t.detach(), parts)
         t.grad = grad
     elif entry[0] == "buffer":
         _, mod, attr, old = entry
@@ -174,6 +194,30 @@ def _slice(t: torch.Tensor, dims: dict[int, np.ndarray]) -> torch.Tensor:
     for dim, idx in sorted(dims.items()):
         out = out.index_select(dim, torch.as_tensor(idx, dtype=torch.long, device=t.device))
     return out.clone() if out is t else out
+
+
+def _split(t: torch.Tensor, dims: dict[int, np.ndarray]):
+    """The kept part of ``t`` and the removed parts, from which ``_merge`` rebuilds ``t``."""
+    parts = []
+    out = t
+    for dim, idx in sorted(dims.items()):
+        keep = torch.as_tensor(idx, dtype=torch.long, device=t.device)
+        drop = torch.as_tensor(np.setdiff1d(np.arange(out.shape[dim]), idx), dtype=torch.long, device=t.device)
+        parts.append((dim, keep, drop, out.index_select(dim, drop)))
+        out = out.index_select(dim, keep)
+    return (out.clone() if out is t else out), parts
+
+
+def _merge(kept: torch.Tensor, parts) -> torch.Tensor:
+    out = kept
+    for dim, keep, drop, removed in reversed(parts):
+        shape = list(out.shape)
+        shape[dim] = len(keep) + len(drop)
+        full = out.new_empty(shape)
+        full.index_copy_(dim, keep, out)
+        full.index_copy_(dim, drop, removed)
+        out = full
+    return out
 
 
 def _new(mod, attr, new_tensors):

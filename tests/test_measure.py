@@ -244,3 +244,51 @@ def test_speedup():
 def test_docstring_examples():
     result = doctest.testmod(measure)
     assert result.attempted > 0 and result.failed == 0
+
+
+# ---------------------------------------------------------------------------
+# Counting on meta tensors (no activations) with a real fallback
+# ---------------------------------------------------------------------------
+class _SeesDevice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 4)
+        self.devices = []
+
+    def forward(self, x):
+        self.devices.append(x.device.type)
+        return self.fc(x)
+
+
+class _DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        if x.sum() > -1e9:  # needs real values: impossible on meta tensors
+            return self.fc(x)
+        return x
+
+
+def test_count_runs_on_meta_tensors_and_leaves_the_model_alone():
+    model = _SeesDevice()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ops = count_ops(model, torch.randn(3, 8))
+    assert model.devices == ["meta"]  # no real forward: no activations allocated
+    assert ops.macs == 3 * 8 * 4
+    assert all(t.device.type == "cpu" for t in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_data_dependent_forward_falls_back_to_a_real_count():
+    assert count_ops(_DataDependent(), torch.randn(3, 8)).macs == 3 * 8 * 4
+
+
+def test_meta_count_sees_attention_like_the_real_count():
+    # the meta path must not take MHA's fused fast path (invisible to the counter) either
+    mha = nn.TransformerEncoderLayer(16, 4, 32, batch_first=True).eval()
+    x = torch.randn(2, 5, 16)
+    meta = count_ops(mha, x).macs
+    real = measure._count(mha, (x,), {}).get_total_flops() // 2
+    assert meta == real > 2 * 5 * (3 * 16 * 16 + 16 * 16 + 2 * 16 * 32)

@@ -124,6 +124,7 @@ class DependencyGraph:
         With ``validate`` (default) the pruned model is run once on the example inputs (on meta
         tensors, so without real compute); if it fails or its output structure changed, the
         surgery is undone and ``SurgeryError`` is raised: a broken model never comes out."""
+        from .._memory import release_free_memory
         from ..surgery import apply_plan, check_runs
         if getattr(self, "_stale", False):
             raise PruningError("this graph was already used to prune its model; build a new graph")
@@ -137,7 +138,8 @@ class DependencyGraph:
                 record["undo"]()
                 raise SurgeryError(f"the pruned model failed its check ({problem}); the surgery was undone. "
                                    f"Please report this model: a coupling rule is missing a case.")
-        record.pop("undo", None)
+        record.pop("undo", None)  # with it go the removed channels the undo kept
+        release_free_memory()
         self._stale = True
         return record
 
