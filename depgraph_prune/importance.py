@@ -79,6 +79,11 @@ def _row_sums(t: torch.Tensor, dim: int, fn: Callable[..., torch.Tensor]) -> tor
     block by block into one reused buffer (``fn(buf, out=buf)``): a float64 copy of a whole large
     weight would double its memory, and a fresh block per step fragments the C heap, which then
     stays resident."""
+    if dim != 0 and t.dtype in (torch.float32, torch.float64) and t.device.type == "cpu" and t.numel() <= 1 << 21:
+        # strided block copies along an inner dim are slow; one temporary of the tensor's own
+        # size (float32 keeps |w| and w^2 finite) and a float64-accumulating sum are faster
+        others = [d for d in range(t.dim()) if d != dim]
+        return fn(t.detach()).sum(others, dtype=torch.float64)
     t = t.detach().movedim(dim, 0)
     n = t.shape[0]
     width = max(1, t[0].numel()) if n else 1

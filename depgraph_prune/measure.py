@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ._fast_meta import MetaMemo
+
 __all__ = ["OpCount", "count_ops", "speedup"]
 
 
@@ -70,52 +72,26 @@ def count_ops(model: nn.Module, example_inputs) -> OpCount:
     args, kwargs = _as_args(example_inputs)
     # Remember each module's own flag: a model can mix train and eval submodules on purpose.
     flags = [(m, m.training) for m in model.modules()]
+    counter = FlopCounterMode(display=False)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     try:
         model.eval()
-        try:
-            # Counted on meta copies of the weights and inputs first: the counter only needs
-            # shapes, and a real forward of a large model would allocate activations (and, with
-            # grad on, keep them alive) on top of its weights.
-            counter = _count(model, *_on_meta(model, args, kwargs))
-        except Exception:  # data-dependent code (x.item(), nonzero) needs the real tensors
-            counter = _count(model, args, kwargs)
+        # Under no_grad, eval-mode nn.MultiheadAttention / TransformerEncoderLayer would take a
+        # fused native fast path (_native_multi_head_attention, _transformer_encoder_layer_fwd)
+        # that FlopCounterMode has no formula for: whole blocks would count as zero MACs. With the
+        # fast path off they run op by op. no_grad (rather than grad mode) keeps no activations
+        # alive, so counting a large model costs next to no memory.
+        torch.backends.mha.set_fastpath_enabled(False)
+        with torch.no_grad(), MetaMemo(), counter:  # the memo outside: the counter sees every op
+            model(*args, **kwargs)
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         for m, training in flags:
             m.training = training
     macs = counter.get_total_flops() // 2  # the counter reports 2 FLOPs per multiply-add
     # parameters() already de-duplicates shared Parameter objects; empty models give 0.
     params = sum(p.numel() for p in model.parameters())
     return OpCount(macs=int(macs), params=int(params))
-
-
-def _on_meta(model: nn.Module, args: tuple, kwargs: dict):
-    from torch.utils import _pytree as pytree
-
-    def meta(t: torch.Tensor) -> torch.Tensor:
-        # requires_grad is kept: it decides whether attention takes its fused fast path.
-        return t.detach().to("meta").requires_grad_(t.requires_grad and t.is_floating_point())
-    state = {k: meta(v) for k, v in list(model.named_parameters(remove_duplicate=False))
-             + list(model.named_buffers(remove_duplicate=False))}
-    margs, mkwargs = pytree.tree_map_only(torch.Tensor, meta, (args, kwargs))
-    return margs, mkwargs, state
-
-
-def _count(model: nn.Module, args: tuple, kwargs: dict, state: dict | None = None) -> FlopCounterMode:
-    from torch.nn.utils import stateless
-    counter = FlopCounterMode(display=False)
-    # Grad mode ON on purpose: under no_grad, eval-mode nn.MultiheadAttention /
-    # TransformerEncoderLayer take a fused native fast path (_native_multi_head_attention,
-    # _transformer_encoder_layer_fwd) that FlopCounterMode has no formula for, so the whole
-    # block, projections and feed-forward included, would silently count as zero MACs.
-    # Nothing calls backward, and the output (with its graph) is dropped right away, so no
-    # .grad is ever populated.
-    with torch.enable_grad(), counter:
-        if state is None:
-            model(*args, **kwargs)
-        else:
-            with stateless._reparametrize_module(model, state):
-                model(*args, **kwargs)
-    return counter
 
 
 def speedup(before: OpCount, after: OpCount) -> float:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._fast_meta import MetaMemo
 from ._memory import release_free_memory
 from .errors import PruningError, SurgeryError
 
@@ -97,7 +98,7 @@ def apply_plan(graph, plan: Mapping) -> dict:
     for mod, mod_name in touched_modules.values():
         attr_updates.extend(_width_attrs(mod, mod_name, new_tensors, widths.get(mod_name, {})))
     # the record is built before anything is touched, so it cannot fail after the commit
-    names = {id(m): _name_of(model, m) for m, _, _ in attr_updates}
+    names = _module_names(model) if attr_updates else {}
     record = {"kept": {f"{n}:{d}": idx.tolist() for (n, d), idx in keeps.items()},
               "attrs": {(f"{names[id(m)]}.{a}" if names[id(m)] else a): _jsonable(v) for m, a, v in attr_updates}}
     # ---- commit phase ------------------------------------------------------------------------
@@ -140,11 +141,12 @@ def apply_plan(graph, plan: Mapping) -> dict:
     return {**record, "undo": undo_all}
 
 
-def _name_of(model, module):
+def _module_names(model) -> dict[int, str]:
+    """Each module's first qualified name (a shared module is recorded under one name)."""
+    names: dict[int, str] = {}
     for n, m in model.named_modules(remove_duplicate=False):
-        if m is module:
-            return n
-    return "?"
+        names.setdefault(id(m), n)
+    return names
 
 
 def _jsonable(v):
@@ -317,7 +319,7 @@ def check_runs(model: nn.Module, example_inputs, expected) -> str | None:
         with _modes(model, False), torch.no_grad():
             meta_state = {k: to_meta(v) for k, v in state.items()}
             margs = pytree.tree_map_only(torch.Tensor, to_meta, (args, kwargs))
-            with stateless._reparametrize_module(model, meta_state):
+            with stateless._reparametrize_module(model, meta_state), MetaMemo():
                 out = model(*margs[0], **margs[1])
     except Exception as exc:
         if not _meta_limitation(exc):

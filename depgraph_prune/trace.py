@@ -8,6 +8,7 @@ also works for models on the ``meta`` device.
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 import copy
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -19,6 +20,7 @@ from torch.fx.passes.shape_prop import _extract_tensor_metadata
 from torch.nn.utils import stateless
 from torch.utils import _pytree as pytree
 
+from ._fast_meta import MetaMemo
 from .errors import TraceError
 
 
@@ -94,6 +96,12 @@ class _Tracer(fx.Tracer):
         finally:
             self._evaluating = False
 
+    def create_node(self, kind, target, args, kwargs, name=None, type_expr=None):
+        # Source lines are only read to tell which attribute an integer constant came from, and
+        # capturing a traceback per node is a large part of tracing: record them where needed.
+        self.record_stack_traces = _has_int_constant((args, kwargs))
+        return super().create_node(kind, target, args, kwargs, name, type_expr)
+
     def call_module(self, m, forward, args, kwargs):
         if self._evaluating:
             return forward(*args, **kwargs)
@@ -114,6 +122,18 @@ class _Tracer(fx.Tracer):
         if qualname in self._leaf_names or rule_type(m, self._leaf_types) is not None:
             return True
         return super().is_leaf_module(m, qualname)
+
+
+def _has_int_constant(obj) -> bool:
+    if type(obj) is int:
+        return abs(obj) > 1
+    if isinstance(obj, (tuple, list)):
+        return any(_has_int_constant(o) for o in obj)
+    if isinstance(obj, dict):
+        return any(_has_int_constant(o) for o in obj.values())
+    if isinstance(obj, slice):
+        return _has_int_constant((obj.start, obj.stop, obj.step))
+    return False
 
 
 @contextlib.contextmanager
@@ -143,12 +163,80 @@ class Trace:
 def structural_copy(model: nn.Module) -> nn.Module:
     """A copy of ``model`` whose parameters and buffers live on the meta device: same classes,
     names, attributes and tied weights, no memory. Tracing runs on it, so code in ``forward`` that
-    caches things on ``self`` never touches the user's module."""
+    caches things on ``self`` never touches the user's module.
+
+    Each module is copied one level deep (its own dictionaries, lists and sets are new; other
+    attribute values are shared), which is what ``forward`` code can write to, at a fraction of a
+    ``deepcopy``'s cost."""
+    tensors: dict[int, torch.Tensor] = {}
+    modules: dict[int, nn.Module] = {}
+
+    def tensor(t):
+        if t is None:
+            return None
+        out = tensors.get(id(t))
+        if out is None:
+            meta = t.detach().to("meta")
+            out = tensors[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) \
+                if isinstance(t, nn.Parameter) else meta
+        return out
+
+    def value(v):
+        if isinstance(v, nn.Module):
+            return module(v)
+        if type(v) in (list, tuple, set):
+            return type(v)(value(x) for x in v)
+        if type(v) is dict:
+            return {k: value(x) for k, x in v.items()} if v else {}
+        return v
+
+    def module(m):
+        out = modules.get(id(m))
+        if out is not None:
+            return out
+        if not _plainly_copyable(type(m)):
+            out = modules[id(m)] = _deepcopy_meta(m, tensors)  # a class that copies itself its own way
+            return out
+        out = modules[id(m)] = object.__new__(type(m))
+        state = dict(m.__dict__)
+        for k, v in state.items():
+            if k == "_parameters" or k == "_buffers":
+                state[k] = type(v)((n, tensor(t)) for n, t in v.items())
+            elif k == "_modules":
+                state[k] = type(v)((n, None if c is None else module(c)) for n, c in v.items())
+            elif k not in _SHARED_MODULE_STATE:
+                state[k] = v.copy() if type(v) is OrderedDict else value(v)  # hook dicts and the like
+        object.__setattr__(out, "__dict__", state)
+        return out
+
+    return module(model)
+
+
+# bookkeeping dictionaries of nn.Module that tracing never writes to
+_SHARED_MODULE_STATE = frozenset()
+_PLAIN: dict[type, bool] = {}
+
+
+def _plainly_copyable(cls: type) -> bool:
+    """True unless the class copies itself its own way (``__deepcopy__``/``__copy__``/
+    ``__getstate__`` below nn.Module, e.g. fx's GraphModule) or keeps state in ``__slots__``."""
+    ok = _PLAIN.get(cls)
+    if ok is None:
+        own = [c for c in cls.__mro__ if c not in (nn.Module, object)]
+        ok = _PLAIN[cls] = not any(k in vars(c) for c in own
+                                   for k in ("__deepcopy__", "__copy__", "__getstate__", "__reduce__",
+                                             "__reduce_ex__", "__slots__"))
+    return ok
+
+
+def _deepcopy_meta(m: nn.Module, tensors: dict) -> nn.Module:
     memo = {}
-    for t in list(model.parameters()) + list(model.buffers()):
-        meta = t.detach().to("meta")
-        memo[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
-    return copy.deepcopy(model, memo)
+    for t in list(m.parameters()) + list(m.buffers()):
+        if id(t) not in tensors:
+            meta = t.detach().to("meta")
+            tensors[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
+        memo[id(t)] = tensors[id(t)]
+    return copy.deepcopy(m, memo)
 
 
 def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] = (),
@@ -269,7 +357,7 @@ def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, args: tuple, kwargs:
             # meta tensors: shapes only, no memory, and the model's own tensors are never touched
             meta_state = {k: v.detach().to("meta") for k, v in state.items()}
             meta_args = pytree.tree_map_only(torch.Tensor, lambda t: t.detach().to("meta"), flat_args)
-            with stateless._reparametrize_module(gm, meta_state):
+            with stateless._reparametrize_module(gm, meta_state), MetaMemo():
                 _ShapeRecorder(gm).run(*meta_args)
             return
         except Exception:

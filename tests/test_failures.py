@@ -579,7 +579,7 @@ def test_exception_while_recording_undoes_the_surgery(monkeypatch):
     def broken(*a, **k):
         raise RuntimeError("injected failure while naming modules for the record")
 
-    monkeypatch.setattr(surgery, "_name_of", broken)
+    monkeypatch.setattr(surgery, "_module_names", broken)
     with pytest.raises(Exception):
         graph.prune(_net_plan(graph))
     assert_unchanged(model, snap)
