@@ -100,7 +100,8 @@ def apply_plan(graph, plan: Mapping) -> dict:
     # the record is built before anything is touched, so it cannot fail after the commit
     names = _module_names(model) if attr_updates else {}
     record = {"kept": {f"{n}:{d}": idx.tolist() for (n, d), idx in keeps.items()},
-              "attrs": {(f"{names[id(m)]}.{a}" if names[id(m)] else a): _jsonable(v) for m, a, v in attr_updates}}
+              "attrs": {(f"{names.get(id(m), '?')}.{a}" if names.get(id(m), "?") else a): _jsonable(v)
+                        for m, a, v in attr_updates}}
     # ---- commit phase ------------------------------------------------------------------------
     undo = []
     freed = 0
