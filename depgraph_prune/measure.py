@@ -72,18 +72,20 @@ def count_ops(model: nn.Module, example_inputs) -> OpCount:
     args, kwargs = _as_args(example_inputs)
     # Remember each module's own flag: a model can mix train and eval submodules on purpose.
     flags = [(m, m.training) for m in model.modules()]
-    counter = FlopCounterMode(display=False)
     fastpath = torch.backends.mha.get_fastpath_enabled()
     try:
         model.eval()
         # Under no_grad, eval-mode nn.MultiheadAttention / TransformerEncoderLayer would take a
         # fused native fast path (_native_multi_head_attention, _transformer_encoder_layer_fwd)
         # that FlopCounterMode has no formula for: whole blocks would count as zero MACs. With the
-        # fast path off they run op by op. no_grad (rather than grad mode) keeps no activations
-        # alive, so counting a large model costs next to no memory.
+        # fast path off they run op by op. no_grad (rather than grad mode) keeps no activations.
         torch.backends.mha.set_fastpath_enabled(False)
-        with torch.no_grad(), MetaMemo(), counter:  # the memo outside: the counter sees every op
-            model(*args, **kwargs)
+        try:
+            # The counter only needs shapes: on meta copies of the weights and inputs there is
+            # no compute and no activation memory (and repeated ops are memoized).
+            counter = _count(model, *_on_meta(model, args, kwargs))
+        except Exception:  # data-dependent code (x.item(), nonzero) needs the real tensors
+            counter = _count(model, args, kwargs)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
         for m, training in flags:
@@ -92,6 +94,29 @@ def count_ops(model: nn.Module, example_inputs) -> OpCount:
     # parameters() already de-duplicates shared Parameter objects; empty models give 0.
     params = sum(p.numel() for p in model.parameters())
     return OpCount(macs=int(macs), params=int(params))
+
+
+def _on_meta(model: nn.Module, args: tuple, kwargs: dict):
+    from torch.utils import _pytree as pytree
+
+    def meta(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to("meta")
+    state = {k: meta(v) for k, v in list(model.named_parameters(remove_duplicate=False))
+             + list(model.named_buffers(remove_duplicate=False))}
+    margs, mkwargs = pytree.tree_map_only(torch.Tensor, meta, (args, kwargs))
+    return margs, mkwargs, state
+
+
+def _count(model: nn.Module, args: tuple, kwargs: dict, state: dict | None = None) -> FlopCounterMode:
+    from torch.nn.utils import stateless
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), MetaMemo(), counter:  # the memo outside: the counter sees every op
+        if state is None:
+            model(*args, **kwargs)
+        else:
+            with stateless._reparametrize_module(model, state):
+                model(*args, **kwargs)
+    return counter
 
 
 def speedup(before: OpCount, after: OpCount) -> float:

@@ -254,10 +254,23 @@ class _SeesGradMode(nn.Module):
         super().__init__()
         self.fc = nn.Linear(8, 4)
         self.grad_modes = []
+        self.devices = []
 
     def forward(self, x):
         self.grad_modes.append(torch.is_grad_enabled())
+        self.devices.append(x.device.type)
         return self.fc(x)
+
+
+class _DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        if x.sum() > -1e9:  # needs real values: impossible on meta tensors
+            return self.fc(x)
+        return x
 
 
 def test_count_runs_without_autograd_and_leaves_the_model_alone():
@@ -265,6 +278,7 @@ def test_count_runs_without_autograd_and_leaves_the_model_alone():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ops = count_ops(model, torch.randn(3, 8))
     assert model.grad_modes == [False]  # no graph: activations are freed as the forward goes
+    assert model.devices == ["meta"]  # shapes only: no compute, no activation memory
     assert ops.macs == 3 * 8 * 4
     assert all(p.grad is None for p in model.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -282,3 +296,7 @@ def test_attention_fast_path_setting_is_restored():
             torch.backends.mha.set_fastpath_enabled(True)
         # q, k, v and output projections, the two attention matmuls, the feed-forward
         assert ops.macs == 2 * 5 * (4 * 16 * 16 + 2 * 5 * 16 + 2 * 16 * 32)
+
+
+def test_data_dependent_forward_falls_back_to_a_real_count():
+    assert count_ops(_DataDependent(), torch.randn(3, 8)).macs == 3 * 8 * 4
