@@ -284,8 +284,14 @@ class TPP(Method):
                 w = sl.tensor()
                 n = w.shape[sl.dim]
                 W = w.movedim(sl.dim, 0).reshape(n, -1)
-                G = W @ W.t()
-                loss = (sl.gram_mask(gs, w) * G.pow(2)).sum() / float(n * n)
+                p = sl.pruned_positions(gs, w.device)
+                if p.numel() == 0:
+                    continue
+                # M = 1 - m m^T keeps the entries with a pruned row or column, so only the pruned
+                # rows of G are needed: sum M*G^2 = 2 |G_P|^2 - |G_PP|^2 with G_P = W_P W^T
+                # (|P|/n of the full Gram's work, and no n x n mask).
+                GP = W.index_select(0, p) @ W.t()
+                loss = (2 * GP.pow(2).sum() - GP.index_select(1, p).pow(2).sum()) / float(n * n)
                 total = loss if total is None else total + loss
         if total is None:
             return pruner._zero()

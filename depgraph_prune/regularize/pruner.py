@@ -126,7 +126,6 @@ class _Slice:
         # index into cat(lam, [0]): positions the group does not own read the trailing 0
         self._pos_map = torch.as_tensor(np.where(self.channel_of >= 0, self.channel_of, group_size))
         self._lam_cache: dict = {}
-        self._mask_cache: dict = {}
         self._zero_cache: dict = {}
 
     def tensor(self) -> torch.Tensor:
@@ -156,18 +155,6 @@ class _Slice:
         pos = np.nonzero(np.isin(self.channel_of, gs.pruned) & (self.channel_of >= 0))[0]
         val = torch.as_tensor(pos, dtype=torch.long, device=device)
         self._zero_cache[key] = (gs.pruned_version, val)
-        return val
-
-    def gram_mask(self, gs: "_GroupState", w: torch.Tensor) -> torch.Tensor:
-        """``M = 1 - m m^T`` with ``m`` the kept indicator of every position along ``dim``."""
-        key = (w.device, w.dtype)
-        hit = self._mask_cache.get(key)
-        if hit is not None and hit[0] == gs.pruned_version:
-            return hit[1]
-        pruned = np.isin(self.channel_of, gs.pruned) & (self.channel_of >= 0)
-        m = torch.as_tensor(~pruned, dtype=w.dtype, device=w.device)
-        val = 1.0 - torch.outer(m, m)
-        self._mask_cache[key] = (gs.pruned_version, val)
         return val
 
 
