@@ -1,4 +1,8 @@
-"""Faster meta-tensor runs: memoize what each aten op returns for given input metadata.
+"""Running a model on meta tensors (shapes only, no memory), fast.
+
+``to_meta`` / ``on_meta`` give a model meta twins of its inputs, parameters and buffers.
+
+Memoization: what each aten op returns for given input metadata is remembered.
 
 Shape propagation, the surgeon's validation run and the ``target_speedup`` search run the model
 on meta tensors. Many meta kernels are Python decompositions (batch norm ~2 ms, relu ~1 ms per
@@ -10,7 +14,12 @@ views) always run: their outputs must be the inputs themselves.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
+from torch import nn
+from torch.nn.utils import stateless
+from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 _LIMIT = 1 << 14
@@ -51,9 +60,9 @@ def _key(obj):
 
 def _spec(out):
     if isinstance(out, torch.Tensor):
-        if out.device.type != "meta" or type(out) is not torch.Tensor:
+        if type(out) is not torch.Tensor or not out.is_meta:
             raise _NotCacheable
-        return ("T", tuple(out.shape), out.stride(), out.dtype, out.requires_grad)
+        return ("T", tuple(out.shape), out.stride(), out.dtype)
     if isinstance(out, (tuple, list)):
         return (type(out),) + tuple(_spec(o) for o in out)
     if out is None:
@@ -65,7 +74,7 @@ def _build(spec):
     if spec is None:
         return None
     if spec[0] == "T":
-        _, shape, stride, dtype, _grad = spec
+        _, shape, stride, dtype = spec
         return torch.empty_strided(shape, stride, dtype=dtype, device="meta")
     kind, items = spec[0], spec[1:]
     return kind(_build(s) for s in items)
@@ -95,3 +104,18 @@ class MetaMemo(TorchDispatchMode):
                 _CACHE.clear()
             _CACHE[key] = spec
         return out
+
+
+def to_meta(obj):
+    """``obj`` (a tensor, or any pytree of them) with every tensor replaced by a meta twin."""
+    return pytree.tree_map_only(torch.Tensor, lambda t: t.detach().to("meta"), obj)
+
+
+@contextlib.contextmanager
+def on_meta(model: nn.Module):
+    """Within the block, ``model`` holds meta twins of its parameters and buffers (its own tensors
+    are never touched) and meta-op results are memoized; call it with ``to_meta`` inputs."""
+    state = to_meta({**dict(model.named_parameters(remove_duplicate=False)),
+                     **dict(model.named_buffers(remove_duplicate=False))})
+    with stateless._reparametrize_module(model, state), MetaMemo():
+        yield

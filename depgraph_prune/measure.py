@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ._fast_meta import MetaMemo
+from ._fast_meta import on_meta, to_meta
 
 __all__ = ["OpCount", "count_ops", "speedup"]
 
@@ -82,10 +82,14 @@ def count_ops(model: nn.Module, example_inputs) -> OpCount:
         torch.backends.mha.set_fastpath_enabled(False)
         try:
             # The counter only needs shapes: on meta copies of the weights and inputs there is
-            # no compute and no activation memory (and repeated ops are memoized).
-            counter = _count(model, *_on_meta(model, args, kwargs))
+            # no compute and no activation memory (and repeated ops are memoized). The memo
+            # (in on_meta) sits outside the counter, so the counter still sees every op.
+            margs, mkwargs = to_meta((args, kwargs))
+            with torch.no_grad(), on_meta(model), FlopCounterMode(display=False) as counter:
+                model(*margs, **mkwargs)
         except Exception:  # data-dependent code (x.item(), nonzero) needs the real tensors
-            counter = _count(model, args, kwargs)
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                model(*args, **kwargs)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
         for m, training in flags:
@@ -94,29 +98,6 @@ def count_ops(model: nn.Module, example_inputs) -> OpCount:
     # parameters() already de-duplicates shared Parameter objects; empty models give 0.
     params = sum(p.numel() for p in model.parameters())
     return OpCount(macs=int(macs), params=int(params))
-
-
-def _on_meta(model: nn.Module, args: tuple, kwargs: dict):
-    from torch.utils import _pytree as pytree
-
-    def meta(t: torch.Tensor) -> torch.Tensor:
-        return t.detach().to("meta")
-    state = {k: meta(v) for k, v in list(model.named_parameters(remove_duplicate=False))
-             + list(model.named_buffers(remove_duplicate=False))}
-    margs, mkwargs = pytree.tree_map_only(torch.Tensor, meta, (args, kwargs))
-    return margs, mkwargs, state
-
-
-def _count(model: nn.Module, args: tuple, kwargs: dict, state: dict | None = None) -> FlopCounterMode:
-    from torch.nn.utils import stateless
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), MetaMemo(), counter:  # the memo outside: the counter sees every op
-        if state is None:
-            model(*args, **kwargs)
-        else:
-            with stateless._reparametrize_module(model, state):
-                model(*args, **kwargs)
-    return counter
 
 
 def speedup(before: OpCount, after: OpCount) -> float:

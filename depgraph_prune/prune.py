@@ -5,11 +5,10 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-import torch
 from torch import nn
-from torch.utils import _pytree as pytree
 
 from . import importance as _imp
+from ._fast_meta import to_meta as _to_meta
 from .errors import PruningError
 from .graph import DependencyGraph
 from .measure import OpCount, count_ops
@@ -71,10 +70,6 @@ class PruneResult:
 
 
 from .trace import structural_copy as _meta_copy  # noqa: E402
-
-
-def _to_meta(inputs):
-    return pytree.tree_map_only(torch.Tensor, lambda t: t.detach().to("meta"), inputs)
 
 
 def _plan(graph, scorer, ratio, ratios, global_ranking, max_ratio, round_to, min_channels):

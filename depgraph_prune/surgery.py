@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._fast_meta import MetaMemo
+from ._fast_meta import on_meta, to_meta
 from ._memory import release_free_memory
 from .errors import PruningError, SurgeryError
 
@@ -100,7 +100,7 @@ def apply_plan(graph, plan: Mapping) -> dict:
     # the record is built before anything is touched, so it cannot fail after the commit
     names = _module_names(model) if attr_updates else {}
     record = {"kept": {f"{n}:{d}": idx.tolist() for (n, d), idx in keeps.items()},
-              "attrs": {(f"{names.get(id(m), '?')}.{a}" if names.get(id(m), "?") else a): _jsonable(v)
+              "attrs": {(f"{n}.{a}" if (n := names.get(id(m), "?")) else a): _jsonable(v)
                         for m, a, v in attr_updates}}
     # ---- commit phase ------------------------------------------------------------------------
     undo = []
@@ -308,20 +308,14 @@ def check_runs(model: nn.Module, example_inputs, expected) -> str | None:
     """Run ``model`` once (on meta copies of its tensors when possible, else for real, without
     touching its buffers) and return what went wrong, or None."""
     from torch.nn.utils import stateless
-    from torch.utils import _pytree as pytree
 
     from .trace import _modes, normalize_inputs
     args, kwargs = normalize_inputs(example_inputs)
-    state = {**dict(model.named_parameters(remove_duplicate=False)),
-             **dict(model.named_buffers(remove_duplicate=False))}
-    to_meta = lambda t: t.detach().to("meta")  # noqa: E731
     out = None
     try:
-        with _modes(model, False), torch.no_grad():
-            meta_state = {k: to_meta(v) for k, v in state.items()}
-            margs = pytree.tree_map_only(torch.Tensor, to_meta, (args, kwargs))
-            with stateless._reparametrize_module(model, meta_state), MetaMemo():
-                out = model(*margs[0], **margs[1])
+        with _modes(model, False), torch.no_grad(), on_meta(model):
+            margs, mkwargs = to_meta((args, kwargs))
+            out = model(*margs, **mkwargs)
     except Exception as exc:
         if not _meta_limitation(exc):
             return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"

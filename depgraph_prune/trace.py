@@ -20,7 +20,7 @@ from torch.fx.passes.shape_prop import _extract_tensor_metadata
 from torch.nn.utils import stateless
 from torch.utils import _pytree as pytree
 
-from ._fast_meta import MetaMemo
+from ._fast_meta import on_meta, to_meta
 from .errors import TraceError
 
 
@@ -171,7 +171,7 @@ def structural_copy(model: nn.Module) -> nn.Module:
     tensors: dict[int, torch.Tensor] = {}
     modules: dict[int, nn.Module] = {}
 
-    def tensor(t):
+    def tensor(t):  # one meta twin per tensor, so tied weights stay tied
         if t is None:
             return None
         out = tensors.get(id(t))
@@ -195,7 +195,9 @@ def structural_copy(model: nn.Module) -> nn.Module:
         if out is not None:
             return out
         if not _plainly_copyable(type(m)):
-            out = modules[id(m)] = _deepcopy_meta(m, tensors)  # a class that copies itself its own way
+            # a class that copies itself its own way: deepcopy it, with the same meta twins
+            memo = {id(t): tensor(t) for t in list(m.parameters()) + list(m.buffers())}
+            out = modules[id(m)] = copy.deepcopy(m, memo)
             return out
         out = modules[id(m)] = object.__new__(type(m))
         state = dict(m.__dict__)
@@ -204,7 +206,7 @@ def structural_copy(model: nn.Module) -> nn.Module:
                 state[k] = type(v)((n, tensor(t)) for n, t in v.items())
             elif k == "_modules":
                 state[k] = type(v)((n, None if c is None else module(c)) for n, c in v.items())
-            elif k not in _SHARED_MODULE_STATE:
+            else:
                 state[k] = v.copy() if type(v) is OrderedDict else value(v)  # hook dicts and the like
         object.__setattr__(out, "__dict__", state)
         return out
@@ -212,8 +214,6 @@ def structural_copy(model: nn.Module) -> nn.Module:
     return module(model)
 
 
-# bookkeeping dictionaries of nn.Module that tracing never writes to
-_SHARED_MODULE_STATE = frozenset()
 _PLAIN: dict[type, bool] = {}
 
 
@@ -227,16 +227,6 @@ def _plainly_copyable(cls: type) -> bool:
                                    for k in ("__deepcopy__", "__copy__", "__getstate__", "__reduce__",
                                              "__reduce_ex__", "__slots__"))
     return ok
-
-
-def _deepcopy_meta(m: nn.Module, tensors: dict) -> nn.Module:
-    memo = {}
-    for t in list(m.parameters()) + list(m.buffers()):
-        if id(t) not in tensors:
-            meta = t.detach().to("meta")
-            tensors[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
-        memo[id(t)] = tensors[id(t)]
-    return copy.deepcopy(m, memo)
 
 
 def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] = (),
@@ -285,7 +275,7 @@ def _meta_positional(model: nn.Module, args: tuple, kwargs: dict) -> tuple:
     except (TypeError, ValueError):
         params = []
     values = list(args) + [kwargs[p] for p in params[len(args):] if p in kwargs]
-    return tuple(pytree.tree_map_only(torch.Tensor, lambda t: t.detach().to("meta"), values))
+    return tuple(to_meta(values))
 
 
 def _untraceable_message(model: nn.Module, exc: BaseException) -> str:
@@ -355,10 +345,8 @@ def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, args: tuple, kwargs:
     with _modes(gm, False), torch.no_grad():
         try:
             # meta tensors: shapes only, no memory, and the model's own tensors are never touched
-            meta_state = {k: v.detach().to("meta") for k, v in state.items()}
-            meta_args = pytree.tree_map_only(torch.Tensor, lambda t: t.detach().to("meta"), flat_args)
-            with stateless._reparametrize_module(gm, meta_state), MetaMemo():
-                _ShapeRecorder(gm).run(*meta_args)
+            with on_meta(gm):
+                _ShapeRecorder(gm).run(*to_meta(flat_args))
             return
         except Exception:
             pass  # some ops have no meta kernel or compare devices: use real tensors
