@@ -26,16 +26,9 @@ WORLD = 2
 DEADLINE_S = 150  # hard limit for the whole spawn (normally ~10-20 s)
 PG_TIMEOUT_S = 60  # a collective waiting longer than this raises in the worker
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                reason="torch.distributed with gloo is not available")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = [pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="torch.distributed with gloo is not available"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 def _methods():

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import torch
 
 import depgraph_prune as dp
 
@@ -130,12 +129,7 @@ def _link_repo(tmp: Path) -> None:
             (tmp / entry).symlink_to(src)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])

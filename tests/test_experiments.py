@@ -9,7 +9,6 @@ import os
 import sys
 
 import pytest
-import torch
 
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
@@ -17,12 +16,7 @@ pytest.importorskip("matplotlib")
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _load(name):

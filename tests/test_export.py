@@ -26,12 +26,7 @@ HAVE_ONNX = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxs
 HAVE_ORT = importlib.util.find_spec("onnxruntime") is not None
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Net(nn.Module):

@@ -24,12 +24,7 @@ from depgraph_prune.graph import registry
 from depgraph_prune.plan import local_plan
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ======================================================================================= helpers

@@ -45,12 +45,7 @@ TRACEABLE = [e.name for e in GALLERY if e.untraceable is None]
 UNTRACEABLE = [e.name for e in GALLERY if e.untraceable is not None]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------------------------

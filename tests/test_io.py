@@ -28,12 +28,7 @@ CONTAINERS = [pytest.param("safetensors", marks=pytest.mark.skipif(not HAVE_SAFE
               "torch"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ======================================================================================= helpers

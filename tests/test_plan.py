@@ -12,12 +12,7 @@ import depgraph_prune as dp
 from depgraph_prune.models import cifar_resnet
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 X224 = torch.randn(1, 3, 224, 224)

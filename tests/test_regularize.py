@@ -20,13 +20,7 @@ from depgraph_prune.regularize import (TPP, GReg1, GReg2, GrowingReg, OneShot, O
                                        orthogonalize_)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models: intra-op threads only add contention on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 X1 = torch.zeros(1, 1, 8, 8)

@@ -36,12 +36,7 @@ def prune_and_check(model, x, min_reduction=0.25, forward=None):
     return result
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_vit_b_16_one_call_updates_hidden_dim_and_heads():
