@@ -190,6 +190,19 @@ def plt():
     return pyplot
 
 
+def save_figure(fig, path: str) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt().close(fig)
+
+
+def add_output_args(p) -> None:
+    """The options every experiment script shares: result-file suffix, replot, quiet."""
+    p.add_argument("--tag", default="", help="suffix of the result / plot file names (variants)")
+    p.add_argument("--replot", action="store_true", help="redraw the plot from the existing result JSON, no training")
+    p.add_argument("--quiet", action="store_true")
+
+
 class Timer:
     def __init__(self):
         self.t0 = time.time()

@@ -62,9 +62,7 @@ def parse(argv):
     p.add_argument("--stabilize", type=int, default=20)
     p.add_argument("--targets", default="group", choices=["weights", "group"],
                    help="group: filters + BN scale/shift of the pruned channels; weights: conv filters only")
-    p.add_argument("--tag", default="", help="suffix of the result / plot file names (variants)")
-    p.add_argument("--replot", action="store_true", help="redraw the plot from the existing result JSON, no training")
-    p.add_argument("--quiet", action="store_true")
+    C.add_output_args(p)
     a = p.parse_args(argv)
     if a.quick:
         a.ratios, a.seeds, a.size, a.depth = [0.5, 0.9], [0], 8, 8
@@ -186,9 +184,7 @@ def plot(a, rows, base_acc, path):
     fig.suptitle(f"ResNet-{a.depth} on digits {a.size}x{a.size}: " + " vs ".join(
         {"greg1": "GReg-1", "l1": "L1 one-shot"}[x] for x in getattr(a, "methods", ["greg1", "l1"])) + " "
                  f"({len(a.seeds)} seeds, {a.ft_epochs} fine-tuning epochs)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    C.save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -61,9 +61,7 @@ def parse(argv):
                    help="penalty on the conv filters only (official code) and/or on filters + BN scale/shift")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=int, default=25, help="test accuracy every this many iterations")
-    p.add_argument("--tag", default="", help="suffix of the result / plot file names (variants)")
-    p.add_argument("--replot", action="store_true", help="redraw the plot from the existing result JSON, no training")
-    p.add_argument("--quiet", action="store_true")
+    C.add_output_args(p)
     a = p.parse_args(argv)
     if a.size is None:
         a.size = 16 if a.model == "resnet" else 8
@@ -290,9 +288,7 @@ def plot(a, P, path):
     model = f"ResNet-{a.depth}" if getattr(a, "model", "resnet") == "resnet" else "digits_cnn without BN"
     fig.suptitle(f"GReg-2 pick phase on {model} / digits {a.size}x{a.size}: lambda += {a.pick_delta:g} every "
                  f"{a.interval} it up to {a.pick_ceiling:g}, LR {a.reg_lr:g}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    C.save_figure(fig, path)
 
 
 if __name__ == "__main__":

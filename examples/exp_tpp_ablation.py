@@ -60,9 +60,7 @@ def parse(argv):
     p.add_argument("--interval", type=int, default=1)
     p.add_argument("--stabilize", type=int, default=300)
     p.add_argument("--stage-interval", type=int, default=50)
-    p.add_argument("--tag", default="", help="suffix of the result / plot file names (variants)")
-    p.add_argument("--replot", action="store_true", help="redraw the plot from the existing result JSON, no training")
-    p.add_argument("--quiet", action="store_true")
+    C.add_output_args(p)
     a = p.parse_args(argv)
     if a.quick:
         a.ratios, a.seeds, a.pretrain_epochs = [0.5, 0.9], [0], 2
@@ -171,9 +169,7 @@ def plot(a, rows, base_acc, names, path):
     ax.set_title(f"TPP ablation, digits_cnn @ {a.size}x{a.size} ({len(a.seeds)} seeds)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.grid(alpha=.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    C.save_figure(fig, path)
 
 
 if __name__ == "__main__":

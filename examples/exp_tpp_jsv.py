@@ -58,9 +58,7 @@ def parse(argv):
     p.add_argument("--stabilize", type=int, default=1000)
     p.add_argument("--stage-interval", type=int, default=100)
     p.add_argument("--jsv-samples", type=int, default=32)
-    p.add_argument("--tag", default="", help="suffix of the result / plot file names (variants)")
-    p.add_argument("--replot", action="store_true", help="redraw the plot from the existing result JSON, no training")
-    p.add_argument("--quiet", action="store_true")
+    C.add_output_args(p)
     a = p.parse_args(argv)
     if a.quick:
         a.seeds, a.size, a.epochs, a.retrain_epochs = [0], 16, 3, 3
@@ -188,9 +186,7 @@ def plot(a, curves, path):
         ax.grid(alpha=.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"MLP-7-Linear on digits ({a.size}x{a.size} flattened), ratio {a.ratio}: mean over {len(a.seeds)} seeds")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    C.save_figure(fig, path)
 
 
 if __name__ == "__main__":
