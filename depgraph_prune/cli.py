@@ -252,7 +252,7 @@ def load_model(spec: str, base: str | None = None):
     if os.path.isfile(spec):
         if not base:
             raise CLIError(f"--model {spec!r} is a saved file, and loading it needs --base, the architecture it "
-                           "was saved from", f"Add e.g. --base resnet50 (or --base package.module:factory).",
+                           "was saved from", "Add e.g. --base resnet50 (or --base package.module:factory).",
                            EXIT_USAGE)
         if os.path.isfile(base):
             raise CLIError(f"--base {base!r} is a file", "--base names the unpruned architecture: a torchvision "
@@ -357,6 +357,9 @@ def _common_model_args(p):
                    help="module none of whose widths may change (inputs and outputs); repeatable")
     p.add_argument("--leaf", action="append", metavar="MODULE", default=[],
                    help="submodule to keep whole when tracing (not traced into); repeatable")
+    p.add_argument("--attention", choices=("heads", "head_dim"), default="heads",
+                   help="nn.MultiheadAttention granularity: remove whole heads (default) or the same dims "
+                        "of every head")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and input (default 0)")
     p.add_argument("--threads", type=_positive_int, help="torch threads to use (default: torch's default)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -400,7 +403,7 @@ def cmd_prune(args) -> int:
                       global_ranking=args.global_ranking, max_ratio=args.max_ratio,
                       target_speedup=args.target_speedup, round_to=args.round_to, min_channels=args.min_channels,
                       steps=args.steps, progress=args.steps > 1 and not args.json, ignored_layers=ignored,
-                      leaf_modules=leaves, **({"frozen": frozen} if frozen else {})))
+                      leaf_modules=leaves, attention=args.attention, **({"frozen": frozen} if frozen else {})))
     lat_after = measure_latency(model, x, args.repeat) if args.latency else None
     if args.plot:
         _plot(lambda: __import__("depgraph_prune.viz", fromlist=["plot_widths"]).plot_widths(
@@ -512,7 +515,7 @@ def cmd_inspect(args) -> int:
     frozen = _split_names(args.freeze)
     _check_modules(model, frozen, "--freeze")
     graph = _traced(lambda: dp.build_graph(model, x, ignored_layers=ignored, leaf_modules=leaves,
-                                           **({"frozen": frozen} if frozen else {})))
+                                           attention=args.attention, **({"frozen": frozen} if frozen else {})))
     ops = dp.count_ops(model, x)
     group = _find_group(graph, model, args.group) if args.group is not None else None
     if args.draw:

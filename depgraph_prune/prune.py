@@ -16,12 +16,16 @@ from .plan import check_ratio, global_plan, group_ratios, local_plan, select_cha
 
 
 def build_graph(model: nn.Module, example_inputs: Any, *, ignored_layers: Iterable = (),
-                leaf_modules: Iterable = (), frozen: Iterable = ()) -> DependencyGraph:
+                leaf_modules: Iterable = (), frozen: Iterable = (), attention: str = "heads") -> DependencyGraph:
     """Trace ``model`` on ``example_inputs`` and group its coupled channels.
 
     ``ignored_layers``: modules (or names) whose *output* channels are kept. ``frozen``: modules
     (names, objects or types) none of whose widths change. ``leaf_modules``: modules kept whole
-    in the trace (their channels are frozen unless a rule for their type exists).
+    in the trace (their channels are frozen unless a rule for their type exists). ``attention``:
+    how ``nn.MultiheadAttention`` shrinks: ``"heads"`` (default) removes whole heads, keeping
+    ``head_dim`` and with it the softmax scale, so removing a dead head preserves the function;
+    ``"head_dim"`` removes the same positions from every head, keeping ``num_heads`` (the module
+    derives its scale ``1/sqrt(head_dim)`` from the new width, as it defines it).
 
     Example::
 
@@ -31,7 +35,7 @@ def build_graph(model: nn.Module, example_inputs: Any, *, ignored_layers: Iterab
         64
     """
     return DependencyGraph(model, example_inputs, ignored_layers=ignored_layers, leaf_modules=leaf_modules,
-                           frozen=frozen)
+                           frozen=frozen, attention=attention)
 
 
 @dataclass
@@ -161,7 +165,8 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
           target_speedup: float | None = None, round_to: int | None = None, min_channels: int = 1,
           steps: int = 1, callback: Callable | None = None, progress: bool = False,
           ignored_layers: Iterable = (), leaf_modules: Iterable = (), frozen: Iterable = (),
-          calibration: Iterable | None = None, loss_fn: Callable | None = None) -> PruneResult:
+          attention: str = "heads", calibration: Iterable | None = None,
+          loss_fn: Callable | None = None) -> PruneResult:
     """Prune ``model`` in place and return a ``PruneResult`` (``print`` it for a before/after table).
 
     What goes:
@@ -176,6 +181,8 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
     * ``round_to=8``: kept channel counts are multiples of 8; ``min_channels``: lower bound.
     * ``steps=k``: reach the target in k rounds, re-scoring in between; ``callback(model, round)``
       runs after each round (e.g. to fine-tune); ``progress=True`` shows a bar.
+    * ``attention="heads"`` (default) or ``"head_dim"``: the granularity of
+      ``nn.MultiheadAttention`` (see :func:`build_graph`).
 
     ``importance``: a name (``"l1"``, ``"l2"``, ...), an instance from ``dp.importance`` or a callable
     ``(group) -> scores``. Gradient-based criteria need ``calibration`` (an iterable of
@@ -215,7 +222,7 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
         calibration = list(calibration)  # a one-shot iterator must serve every round
     # the graph first: a bad example input gets the tracer's clear message
     graph = build_graph(model, example_inputs, ignored_layers=ignored_layers, leaf_modules=leaf_modules,
-                            frozen=frozen)
+                            frozen=frozen, attention=attention)
     before = count_ops(model, example_inputs)
     records, notes, widths = [], list(graph.notes), []
     frozen_groups = [(g.members[0].name, n, r) for g in graph.groups for r, n in g.frozen_reasons.most_common()]
@@ -228,7 +235,7 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
     for i in rounds:
         if i > 1:
             graph = build_graph(model, example_inputs, ignored_layers=ignored_layers, leaf_modules=leaf_modules,
-                            frozen=frozen)
+                            frozen=frozen, attention=attention)
         if needs_grad:
             scorer.accumulate(model, calibration, loss_fn=loss_fn)
         if target_speedup is not None:

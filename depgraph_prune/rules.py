@@ -34,7 +34,7 @@ from typing import Callable
 
 from torch import nn
 
-from .graph.registry import FUNCTION_RULES, METHOD_RULES, MODULE_RULES, WIDTH_RULES
+from .graph.registry import FUNCTION_RULES, METHOD_RULES, MODULE_RULES, WIDTH_RULES, load_optional_rules
 from .graph.rules_layers import channel_affine, conv_core, linear_core
 from .graph.rules_tensor import broadcast_track, elementwise, passthrough, reshape
 from .graph.values import TV
@@ -50,6 +50,7 @@ def register_rule(target, rule: Callable, *, widths: Callable | None = None) -> 
     parameter/buffer names to their pruned tensors (only those that changed)."""
     if not callable(rule):
         raise TypeError(f"register_rule: rule must be callable, got {rule!r}")
+    load_optional_rules()  # built-in rules load first, so this registration overrides them
     if isinstance(target, type) and issubclass(target, nn.Module):
         MODULE_RULES[target] = rule
         if widths is not None:
@@ -66,5 +67,6 @@ def register_rule(target, rule: Callable, *, widths: Callable | None = None) -> 
 
 def unregister_rule(target) -> None:
     """Remove a rule registered with ``register_rule`` (e.g. at the end of a test)."""
+    load_optional_rules()
     for table in (MODULE_RULES, METHOD_RULES, FUNCTION_RULES, WIDTH_RULES):
         table.pop(target, None)

@@ -11,7 +11,7 @@ so far is rolled back, bit for bit.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -267,9 +267,10 @@ def _width_attrs(mod: nn.Module, name: str, new_tensors, widths: dict[str, int])
         ups += [("num_parameters", w.shape[0])]
     elif isinstance(mod, nn.MultiheadAttention):
         e = _new(mod, "in_proj_weight", new_tensors).shape[1]
-        if e % mod.head_dim:
-            raise SurgeryError(f"`{name}`: attention would lose part of a head")
-        ups += [("embed_dim", e), ("kdim", e), ("vdim", e), ("num_heads", e // mod.head_dim)]
+        heads, hd = widths.get("num_heads", mod.num_heads), widths.get("head_dim", mod.head_dim)
+        if heads * hd != e:
+            raise SurgeryError(f"`{name}`: {heads} heads of {hd} do not make embed_dim {e}")
+        ups += [("embed_dim", e), ("kdim", e), ("vdim", e), ("num_heads", heads), ("head_dim", hd)]
     elif isinstance(mod, nn.Embedding):
         ups += [("embedding_dim", w.shape[1])]
     from .graph.registry import WIDTH_RULES

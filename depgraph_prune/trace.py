@@ -45,6 +45,27 @@ def rule_type(m: nn.Module, types) -> type | None:
     return None
 
 
+class _SequenceLength:
+    def __len__(self):
+        # ``len(x.shape)``, and the length hint Python takes before ``*x.shape`` unpacking: the
+        # length of a traced sequence, from the example input (see ``_Tracer.iter``)
+        value = self.tracer._concrete(self.node)
+        if isinstance(value, (tuple, list)):
+            return len(value)
+        return fx.Proxy.__len__(self)
+
+    def __getattr__(self, k):
+        return _Attribute(self, k)  # x.shape is an attribute proxy: it needs the same length
+
+
+class _Proxy(_SequenceLength, fx.Proxy):
+    pass
+
+
+class _Attribute(_SequenceLength, fx.proxy.Attribute):
+    pass
+
+
 class _Tracer(fx.Tracer):
     def __init__(self, leaf_types: tuple[type, ...], leaf_names: frozenset[str], meta_args: tuple = ()):
         super().__init__()
@@ -70,6 +91,19 @@ class _Tracer(fx.Tracer):
                 raise fx.proxy.TraceError("symbolically traced variables cannot be used as inputs to control flow")
         self.decided.append(obj.node.name)
         return bool(value)
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _Proxy(node, self)
+
+    def iter(self, obj):
+        """Iteration over a traced *sequence* (``b, n, h = *x.shape, self.heads``, ``list(x.chunk(2,
+        1))``) unrolls to its length on the example input. That length is a rank or a number of
+        parts, which pruning never changes (the split/chunk rules keep the number of parts or
+        freeze). Iterating over a tensor (its batch dim) still fails: that becomes an opaque leaf."""
+        value = self._concrete(obj.node)
+        if isinstance(value, (tuple, list)):
+            return iter([obj[i] for i in range(len(value))])
+        return super().iter(obj)
 
     def _concrete(self, node):
         if not self._meta_args:

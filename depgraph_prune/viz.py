@@ -296,7 +296,7 @@ def draw_graph(graph, path=None, *, groups: Sequence | None = None, max_groups: 
     chosen = list(graph.groups) if groups is None else [_group_of(graph, g) for g in groups]
     total = len(chosen)
     chosen = chosen[:max_groups]
-    pos, colors, roles = {}, {}, {}
+    pos, roles = {}, {}
     deepest = 1
     for col, grp in enumerate(chosen):
         gnode = ("group", grp.index)

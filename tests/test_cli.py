@@ -158,6 +158,32 @@ def test_own_model_factory(tmp_path, capsys, monkeypatch):
     assert_error(code, err, 2, "is not callable")
 
 
+def test_prune_attention_granularity(tmp_path, capsys, monkeypatch):
+    (tmp_path / "cli_vit_net.py").write_text(textwrap.dedent("""
+        import torch
+        from torchvision.models.vision_transformer import VisionTransformer
+
+        def build():
+            return VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=4, hidden_dim=32,
+                                     mlp_dim=64), torch.randn(1, 3, 32, 32)
+    """))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "cli_vit_net", raising=False)
+    found = {}
+    for mode in ("heads", "head_dim"):
+        code, out, err = run(["prune", "--model", "cli_vit_net:build", "--attention", mode, "--json"], capsys)
+        assert code == 0, err
+        found[mode] = {w["name"]: w["after"] for w in json.loads(out)["widths"]}
+    # the stream group (first member conv_proj.weight) loses 2 whole heads, or 4 dims of each head:
+    # 16 channels either way, but as 2 (of 4) head channels or 4 (of 8) per-head dims
+    assert found["heads"]["conv_proj.weight"] == found["head_dim"]["conv_proj.weight"] == 16
+    code, out, err = run(["inspect", "--model", "cli_vit_net:build", "--attention", "head_dim", "--json"], capsys)
+    assert code == 0, err
+    assert any("encoder.layers.encoder_layer_0.self_attention.head_dim" in json.dumps(g) for g in json.loads(out)["groups"])
+    code, out, err = run(["prune", "--model", "cli_vit_net:build", "--attention", "rows"], capsys)
+    assert code == 2 and "invalid choice" in err
+
+
 # ============================================================================ inspect
 def test_inspect_summary_and_group(capsys):
     code, out, err = run(["inspect", *SMALL], capsys)
@@ -200,6 +226,13 @@ def test_zoo_writes_table(tmp_path, capsys):
     assert "**1 / 1 pass.**" in text and "| classification | mobilenet_v3_small | pass | 64 |" in text
     assert "command: `depgraph-prune zoo --kind classification --ratio 0.5 --family mobilenet_v3_small" in text
     assert "1/1 pass" in out
+
+
+def test_zoo_progress_bar(tmp_path, capsys):
+    code, out, err = run(["zoo", "--family", "squeezenet1_1", "--kind", "classification", "--max-size", "64",
+                          "--out", tmp_path / "z.md"], capsys)
+    assert code == 0, err
+    assert "1/1" in err and "squeezenet1_1" in err  # tqdm's bar on stderr names the model it is on
 
 
 def test_zoo_no_match(capsys):

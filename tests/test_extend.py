@@ -45,6 +45,111 @@ def test_untraceable_submodule_becomes_an_opaque_leaf():
     assert result.after.macs < result.before.macs
 
 
+class ChangesWidth(nn.Module):
+    """Untraceable (value-dependent branch) and it changes the width: 16 in, 12 out."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(16, 12, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y if y.amax() > -1e9 else -y
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pre = nn.Conv2d(8, 16, 1)
+        self.odd = ChangesWidth()
+        self.post = nn.Conv2d(12, 8, 1)
+
+    def forward(self, x):
+        return x + self.post(F.relu(self.odd(F.relu(self.pre(x)))))
+
+
+class Stage(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = Block()
+        self.extra = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        return self.extra(self.inner(x))
+
+
+class Deep(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 1)
+        self.stage = Stage()
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.head(F.relu(self.stage(F.relu(self.stem(x)))))
+
+
+def test_opaque_leaf_found_at_any_depth_and_frozen_on_both_sides():
+    # the failure is three modules deep: only `stage.inner.odd` is kept whole, its parents are still
+    # traced through, its input (16) and output (12) channels are frozen with a reason naming it
+    model, x = Deep().eval(), torch.randn(1, 3, 8, 8)
+    graph = dp.build_graph(model, x)
+    assert [n for n in graph.notes if "opaque" in n] and all("stage.inner.odd`" in n for n in graph.notes
+                                                               if "opaque" in n)
+    reading = [g for g in graph.groups if ("stage.inner.post.weight", 1) in {(m.name, m.dim) for m in g.members}]
+    for g in (graph.group_of("stage.inner.pre"), *reading):  # odd's input channels, and its output's reader
+        assert g.size == 0 and "`stage.inner.odd`" in g.reason and "ChangesWidth" in g.reason, g.reason
+    assert len(reading) == 1
+    assert graph.group_of("stem").size == 8  # the residual stream through the traced parents
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ref = model(x)
+    dp.prune(model, x, ratio=0.5)
+    assert model.stem.out_channels == model.stage.extra.out_channels == 4
+    assert (model.stage.inner.pre.out_channels, model.stage.inner.odd.conv.out_channels) == (16, 12)
+    assert model(x).shape == ref.shape and before["stage.inner.odd.conv.weight"].shape == (12, 16, 1, 1)
+
+
+class Patterns(nn.Module):
+    """Traceability patterns from the wild in one forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.parts = nn.ModuleList([nn.Conv2d(4, 4, 3, padding=1) for _ in range(2)])
+        self.b = nn.Conv2d(8, 6, 1)
+        self.rows = RowLoop()
+
+    def forward(self, x):
+        if torch.jit.is_scripting():  # TorchScript-only branch: never taken in Python
+            raise RuntimeError("unreachable")
+        b, _, *spatial = x.shape                      # starred unpacking of a shape
+        assert len(x.shape) == 4 and len(spatial) == 2
+        y = list(self.a(x).chunk(2, 1))               # iterating over the parts of a chunk
+        y = [m(t) for m, t in zip(self.parts, y)]
+        z = self.b(torch.cat(y, 1))
+        return self.rows(z).reshape(b, -1, *spatial)
+
+
+class RowLoop(nn.Module):
+    def forward(self, x):
+        return torch.stack([r * 2 for r in x])  # iterating over a tensor (its batch): opaque
+
+
+def test_traceability_patterns_from_the_wild():
+    model, x = Patterns().eval(), torch.randn(2, 3, 6, 6)
+    graph = dp.build_graph(model, x)
+    notes = [n for n in graph.notes if "opaque" in n]
+    assert len(notes) == 1 and "`rows`" in notes[0]  # only the loop over a tensor is kept whole
+    g = graph.group_of("a")
+    # position j of both chunks goes together, read by both parts' convs; their outputs, concatenated
+    assert g.size == 4 and {("parts.0.weight", 1), ("parts.1.weight", 1)} <= {(m.name, m.dim) for m in g.members}
+    assert graph.group_of("parts.0") is graph.group_of("parts.1") and graph.group_of("parts.0").size == 8
+    assert graph.group_of("b").size == 0  # b feeds the opaque loop
+    ref = model(x)
+    dp.prune(model, x, ratio=0.5)
+    assert model.a.out_channels == 4 and model(x).shape == ref.shape
+
+
 def test_untraceable_top_level_forward_raises_with_advice():
     class Top(nn.Module):
         def __init__(self):
@@ -146,6 +251,20 @@ def test_register_rule_for_a_function():
         assert model.w.shape == (4,) and model(x).shape == (1, 2, 4, 4)
     finally:
         dp.unregister_rule(channel_gate)
+
+
+def test_torchvision_rules_load_lazily_and_user_rules_override_them():
+    # Importing torchvision costs seconds, so the package must not; its rules load on first use.
+    code = ("import sys, depgraph_prune as dp; assert 'torchvision' not in sys.modules; "
+            "from depgraph_prune.graph.registry import FUNCTION_RULES as R; "
+            "import torchvision.ops as ops, torch; sd = ops.stochastic_depth; assert sd not in R; "
+            "calls = []; dp.register_rule(sd, lambda ctx, n, a, k, out: calls.append(1) or dp.rules.passthrough(ctx, n, a, k, out)); "
+            "m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), ops.StochasticDepth(0.1, 'row'), torch.nn.Conv2d(4, 2, 1)); "
+            "dp.build_graph(m, torch.randn(2, 3, 4, 4)); assert calls, 'user rule was overridden'; "
+            "dp.unregister_rule(sd); dp.build_graph(m, torch.randn(2, 3, 4, 4)); assert sd not in R; print('ok')")
+    import subprocess, sys
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
 
 
 def test_frozen_and_leaf_modules_arguments():

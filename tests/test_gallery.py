@@ -17,8 +17,7 @@ For every model of ``tests/gallery/models.py``:
   second graph of the same model builds.
 * ``test_untraceable_becomes_opaque``: a model with a submodule that ``torch.fx`` cannot trace
   must still prune: that submodule becomes an opaque leaf, the channels entering it are frozen
-  with a reason that names it, and its own parameters are untouched. (Not implemented in the
-  engine yet: this test states the behaviour we want and fails until then.)
+  with a reason that names it, and its own parameters are untouched.
 
 ``python tests/test_gallery.py`` prints the results table of ``docs/gallery.md``.
 """
@@ -318,21 +317,17 @@ def test_untraceable_becomes_opaque(name):
     opaque = model.get_submodule(entry.untraceable)
     before = {n: tuple(p.shape) for n, p in opaque.named_parameters()}
     graph = dp.build_graph(model, x)  # must not raise: the untraceable submodule becomes a leaf
-    traced_through = False
+    assert any(f"`{entry.untraceable}` was kept whole (opaque)" in n for n in graph.notes), graph.notes
     for feeder in entry.feeds_untraceable:
         g = graph.group_of(feeder)
-        if not entry.opaque_required and g.size > 0:
-            traced_through = True  # the engine resolved it on the example shapes: analyzed like the rest
-            continue
         reasons = " | ".join(g.frozen_reasons)
         assert g.size == 0 and g.n_frozen > 0, f"{feeder} feeds `{entry.untraceable}` but has {g.size} prunable channels"
         assert entry.untraceable in reasons, f"the freeze reason does not name `{entry.untraceable}`: {reasons}"
     model, x, y0, y1, result = prune_entry(entry)
     assert shapes(y1) == shapes(y0)
     check_widths(model)
-    if not traced_through:
-        opaque = model.get_submodule(entry.untraceable)
-        assert {n: tuple(p.shape) for n, p in opaque.named_parameters()} == before
+    opaque = model.get_submodule(entry.untraceable)
+    assert {n: tuple(p.shape) for n, p in opaque.named_parameters()} == before
     assert result.after.macs < result.before.macs
     if entry.normalizing is None:  # the channels around the opaque block still prune exactly
         diff, what = preserve_all(entry)

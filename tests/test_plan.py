@@ -91,6 +91,76 @@ def test_global_ranking_respects_budget_and_cap():
     assert len(fractions) > 1
 
 
+class TwoScales(nn.Module):
+    """Two independent groups whose weights differ in scale by 1000x."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 16, 1), nn.Conv2d(3, 16, 1)
+        self.ha, self.hb = nn.Conv2d(16, 4, 1), nn.Conv2d(16, 4, 1)
+        with torch.no_grad():
+            self.b.weight.mul_(1000.0)
+            self.b.bias.mul_(1000.0)
+
+    def forward(self, x):
+        return self.ha(self.a(x)) + self.hb(self.b(x))
+
+
+def test_global_ranking_through_prune_normalizes_per_group():
+    # scores are divided by their group's mean before the one threshold: the group with 1000x larger
+    # weights loses about as many channels as the other, although on raw scores every channel of
+    # `a` ranks below every channel of `b` (raw ranking would strip `a` to its max_ratio cap)
+    x = torch.randn(1, 3, 4, 4)
+    torch.manual_seed(0)
+    model = TwoScales()
+    graph = dp.build_graph(model, x)
+    l1 = dp.importance.resolve("l1")
+    assert float(l1(graph.group_of("a")).max()) < float(l1(graph.group_of("b")).min())
+    dp.prune(model, x, ratio=0.5, global_ranking=True, max_ratio=0.9)
+    kept = (model.a.out_channels, model.b.out_channels)
+    assert sum(kept) == 16 and all(5 <= k <= 11 for k in kept), kept
+
+
+def test_importance_instance_passed_to_prune():
+    x = torch.randn(1, 3, 32, 32)
+    states = []
+    for importance in (dp.importance.Magnitude(p=2), "l2", dp.importance.Random(seed=3)):
+        torch.manual_seed(0)
+        model = cifar_resnet(20)
+        dp.prune(model, x, ratios={"*layer*.conv1": 0.5}, importance=importance)
+        states.append(model.state_dict())
+    same = lambda s1, s2: all(torch.equal(a, s2[k]) for k, a in s1.items())  # noqa: E731
+    assert same(states[0], states[1])        # the instance and the name it stands for agree
+    assert not same(states[0], states[2])    # and an instance is really what scores
+
+
+def test_steps_rescore_between_rounds():
+    # channel j of c1 has L1 norm ~ (j + 1); its bias marks it. Two rounds of ratio 0.5: 8 -> 5 -> 3.
+    # After round 1 the callback kills the strongest survivor (channel 7): round 2 must score again
+    # and remove it with channel 3, leaving 4, 5, 6. Stale round-1 scores would leave 5, 6, 7.
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            return self.c2(self.c1(x))
+
+    model = Net()
+    with torch.no_grad():
+        model.c1.weight.copy_(torch.arange(1, 9, dtype=torch.float32).view(8, 1, 1, 1).expand(8, 3, 1, 1))
+        model.c1.bias.copy_(torch.arange(8, dtype=torch.float32))
+
+    def kill_strongest(m, round_):
+        if round_ == 1:
+            assert m.c1.bias.tolist() == [3.0, 4.0, 5.0, 6.0, 7.0]
+            with torch.no_grad():
+                m.c1.weight[4].zero_()
+
+    dp.prune(model, torch.randn(1, 3, 4, 4), ratio=0.5, steps=2, callback=kill_strongest)
+    assert model.c1.bias.tolist() == [4.0, 5.0, 6.0]
+
+
 def test_round_to_and_min_channels():
     model = torchvision.models.resnet18()
     dp.prune(model, torch.randn(1, 3, 64, 64), ratio=0.3, round_to=8)
@@ -101,7 +171,7 @@ def test_round_to_and_min_channels():
     assert model.layer1[0].conv1.out_channels == 5
 
 
-def test_iterative_steps_call_back_and_reach_the_ratio():
+def test_iterative_steps_call_back_and_reach_the_ratio(capsys):
     calls = []
     model = cifar_resnet(20)
     result = dp.prune(model, torch.randn(1, 3, 32, 32), ratios={"*layer*.conv1": 0.75}, steps=3,
@@ -111,6 +181,8 @@ def test_iterative_steps_call_back_and_reach_the_ratio():
     assert widths[0] > widths[1] > widths[2]
     assert widths[-1] == pytest.approx(64 * 0.25, abs=2)  # kept fraction (1 - r) reached over 3 rounds
     assert len(result.records) == 3
+    err = capsys.readouterr().err
+    assert "pruning rounds" in err and "3/3" in err  # the progress bar ran to the end
 
 
 def test_iterative_target_speedup():

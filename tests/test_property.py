@@ -187,7 +187,7 @@ def _zero_and_prune(model, x, graph, plan, normalizing):
         assert diff <= TOL, f"pruned model differs from the zeroed model by {diff:.3g}"
 
 
-@_settings(130)
+@_settings(200)
 @given(spec=archs(), data=st.data())
 def test_function_preservation(spec, data):
     note(spec_code(spec))

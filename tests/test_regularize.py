@@ -9,6 +9,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch.nn.functional as F
 from torch import nn
 
@@ -269,17 +271,64 @@ def test_tpp_linear_growth_and_staged_zeroing():
     assert t == t_stab + 350
 
 
-def test_tpp_gram_penalty_and_gradient():
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 24), d=st.integers(1, 40), data=st.data())
+def test_tpp_closed_form_gram_gradient_matches_autograd(n, d, data):
+    # both branches (through G_P = W_P W^T, or through the d x d Grams) against autograd of the
+    # explicit loss sum(M * G^2), for any shape and any set of pruned rows
+    from depgraph_prune.regularize.methods import _tpp_gram_grad
+    pruned = data.draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=n, unique=True))
+    W = torch.randn(n, d, dtype=torch.float64, generator=torch.Generator().manual_seed(n * 100 + d),
+                    requires_grad=True)
+    m = torch.ones(n, dtype=torch.float64)
+    m[pruned] = 0
+    M = 1 - torch.outer(m, m)
+    ((M * (W @ W.t()) ** 2).sum() / 4).backward()   # d/dW sum(M G^2) = 4 (M*G) W
+    got = _tpp_gram_grad(W.detach(), torch.tensor(sorted(pruned)))
+    assert torch.allclose(got, W.grad, rtol=1e-10, atol=1e-10)
+
+
+def test_tpp_closed_form_trains_like_the_loss_form():
+    # the same TPP run, Gram term as a loss (reference) or as a closed-form gradient: same weights
+    runs = []
+    for closed_form in (False, True):
+        torch.manual_seed(0)
+        model = digits_cnn().double()
+        pr = RegularizedPruner(model, X1.double(), TPP(delta=0.5, interval=2, gram_weight=1000.0, stabilize=6,
+                                                       stage_interval=2, closed_form=closed_form), ratio=0.5)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        gen = torch.Generator().manual_seed(1)
+        x, y = torch.randn(16, 1, 8, 8, generator=gen), torch.randint(0, 10, (16,), generator=gen)
+        for _ in range(8):
+            loss = F.cross_entropy(model(x.double()), y) + pr.penalty()
+            opt.zero_grad()
+            loss.backward()
+            pr.regularize()
+            opt.step()
+            pr.step()
+        runs.append(model.state_dict())
+    for k, v in runs[0].items():
+        assert torch.allclose(v, runs[1][k], rtol=1e-9, atol=1e-12), k
+
+
+@pytest.mark.parametrize("closed_form", [False, True])
+def test_tpp_gram_penalty_and_gradient(closed_form):
     torch.manual_seed(0)
     model = digits_cnn().double()
-    p = RegularizedPruner(model, X1.double(), TPP(delta=0.25, interval=1, gram_weight=1000.0), ratio=0.5)
+    # the L2 terms are off so that .grad holds the Gram gradient alone
+    tpp = TPP(delta=0.25, interval=1, gram_weight=1000.0, closed_form=closed_form, weight_reg=False, bn_reg=False)
+    p = RegularizedPruner(model, X1.double(), tpp, ratio=0.5)
     p.step()
     p.step()
     lam = p.lam_t
     assert lam == 0.5
     model.zero_grad()
     pen = p.penalty()
-    pen.backward()
+    if closed_form:  # the gradient comes from regularize(); penalty() must not add it a second time
+        assert pen.item() == 0.0 and not pen.requires_grad
+        p.regularize()
+    else:
+        pen.backward()
     total = 0.0
     for name in p.regularized:
         w = _producer_weight(model, name)
@@ -295,7 +344,8 @@ def test_tpp_gram_penalty_and_gradient():
         # entries between two kept filters are untouched: the kept rows' gradient only sees pruned rows
         kept = m.bool()
         assert torch.allclose(expect[kept], 1000.0 * lam * (4.0 / n ** 2) * (G[kept][:, ~kept] @ W[~kept]))
-    assert pen.item() == pytest.approx(1000.0 * lam * total, rel=1e-12)
+    if not closed_form:
+        assert pen.item() == pytest.approx(1000.0 * lam * total, rel=1e-12)
     # other methods: zero
     assert RegularizedPruner(model, X1.double(), "greg1", ratio=0.5).penalty().item() == 0.0
 
@@ -395,6 +445,9 @@ def test_tpp_regularize_slices():
         p = RegularizedPruner(net, x[:1], meth, ratio=0.5)
         p.step()
         assert p.lam_t == 0.5
+        # the reference gets the Gram term as a loss (closed_form=False) on the twin model
+        ref = RegularizedPruner(net2, x[:1], TPP(delta=0.5, interval=1, closed_form=False), ratio=0.5)
+        ref.step()
 
         def sel(mdl, m):
             owner = mdl.get_submodule(m.name.rpartition(".")[0])
@@ -404,7 +457,7 @@ def test_tpp_regularize_slices():
 
         net(x).square().sum().backward()
         p.regularize()
-        (net2(x).square().sum() + _explicit_penalty(net2, p, sel)).backward()
+        (net2(x).square().sum() + _explicit_penalty(net2, p, sel) + ref.penalty()).backward()
         for (n1, a), (_, b) in zip(net.named_parameters(), net2.named_parameters()):
             assert torch.allclose(a.grad, b.grad, rtol=1e-10, atol=1e-12), (n1, bn_reg, weight_reg)
 
@@ -610,7 +663,7 @@ def test_filter_norm_separation():
 
 
 # ------------------------------------------------------------------------------------ misc
-def test_progress_log_hook_and_warning():
+def test_progress_log_hook_and_warning(capsys):
     model = _digits()
     logs = []
     p = RegularizedPruner(model, X1, "greg1", ratio=0.5, progress=True, log_hook=logs.append,
@@ -622,5 +675,7 @@ def test_progress_log_hook_and_warning():
     assert logs[-1]["max_lambda"] == 1.0
     with pytest.warns(UserWarning, match="before the schedule is done"):
         p.prune()
+    err = capsys.readouterr().err  # prune() closes the bar, which shows its last state
+    assert "GReg1: 5it" in err and "max_lambda=1" in err and "mag_ratio=" in err
     with pytest.raises(PruningError):
         p.prune()

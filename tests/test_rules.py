@@ -909,6 +909,32 @@ def test_split_with_constant_sizes_freezes(mode):
     assert not group_with(graph, "ca.weight", 1).prunable
 
 
+class SplitByWidth(nn.Module):
+    """``split(y, self.width)``: equal parts sized by a width attribute (Res2Net)."""
+
+    def __init__(self):
+        super().__init__()
+        self.width = 4
+        self.c1, self.ca, self.cb = nn.Conv2d(3, 8, 1), nn.Conv2d(4, 2, 1), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        a, b = torch.split(self.c1(x), self.width, 1)
+        return self.ca(a) + self.cb(b)
+
+
+def test_split_by_a_width_attribute_stays_prunable_and_updates_it():
+    model, x = double(SplitByWidth(), torch.randn(2, 3, 4, 4))
+    graph = dp.build_graph(model, x)
+    g = graph.group_of("c1")
+    assert members(g) == conv_members("c1") | {("ca.weight", 1), ("cb.weight", 1), ("width", 0)}
+    assert (g.size, g.n_frozen) == (4, 0)
+    for j in range(4):  # position j of both parts goes together, so both parts keep one width
+        c = channel_at(g, "ca.weight", 1, j)
+        assert positions(g, "c1.weight", 0, [c]) == [j, j + 4]
+    assert_prunes(model, x, graph, {g: [channel_at(g, "ca.weight", 1, 0), channel_at(g, "ca.weight", 1, 3)]})
+    assert (model.width, model.c1.out_channels, model.ca.in_channels) == (2, 4, 2)
+
+
 def test_chunk_ties_position_j_of_each_chunk():
     model, x = double(SplitNet("chunk"), torch.randn(2, 3, 4, 4))
     graph = dp.build_graph(model, x)
@@ -1601,3 +1627,78 @@ def test_roll_and_flip_freeze_only_the_dims_they_move(op):
     ref_shape = model(x).shape
     g.prune([1, 4])
     assert model(x).shape == ref_shape and model.c2.in_channels == 6
+
+
+# ============================================================================ multi-head attention
+class MHABlock(nn.Module):
+    """A residual stream of width E (set by ``inp``) through self-attention and out to 3 features."""
+
+    def __init__(self, E=12, H=3):
+        super().__init__()
+        self.inp = nn.Linear(5, E)
+        self.attn = nn.MultiheadAttention(E, H, batch_first=True)
+        self.out = nn.Linear(E, 3)
+
+    def forward(self, x):
+        h = self.inp(x)
+        return self.out(h + self.attn(h, h, h, need_weights=False)[0])
+
+
+def _sliced_mha(mha, keep, heads):
+    """The reference: a fresh nn.MultiheadAttention built from ``mha``'s weights at stream positions ``keep``."""
+    E, e = mha.embed_dim, len(keep)
+    ref = nn.MultiheadAttention(e, heads, batch_first=True).double().eval()
+    rows = torch.cat([keep + i * E for i in range(3)])
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(mha.in_proj_weight[rows][:, keep])
+        ref.in_proj_bias.copy_(mha.in_proj_bias[rows])
+        ref.out_proj.weight.copy_(mha.out_proj.weight[keep][:, keep])
+        ref.out_proj.bias.copy_(mha.out_proj.bias[keep])
+    return ref
+
+
+@pytest.mark.parametrize("mode", ["heads", "head_dim"])
+def test_multihead_attention_heads_or_head_dim(mode):
+    E, H, hd = 12, 3, 4
+    model, x = double(MHABlock(E, H), torch.randn(2, 6, 5))
+    orig = {k: v.clone() for k, v in model.attn.state_dict().items()}
+    original = nn.MultiheadAttention(E, H, batch_first=True).double().eval()
+    original.load_state_dict(orig)
+    graph = dp.build_graph(model, x, attention=mode)
+    g = graph.group_of("inp")
+    assert {("attn.in_proj_weight", 0), ("attn.in_proj_weight", 1), ("attn.out_proj.weight", 0),
+            ("attn.out_proj.weight", 1), ("attn.embed_dim", 0), ("inp.weight", 0), ("out.weight", 1)} <= members(g)
+    if mode == "heads":
+        assert g.size == H and ("attn.num_heads", 0) in members(g)
+        c = channel_at(g, "inp.weight", 0, hd)                 # head 1
+        assert positions(g, "inp.weight", 0, [c]) == list(range(hd, 2 * hd))
+        assert positions(g, "attn.in_proj_weight", 0, [c]) == [r + i * E for i in range(3) for r in range(hd, 2 * hd)]
+        keep, heads = torch.tensor([0, 1, 2, 3, 8, 9, 10, 11]), 2
+        # removing a dead head (zero producers) preserves the function: head_dim, so the scale, is kept
+        assert_prunes(model, x, graph, {g: [c]})
+        assert (model.attn.num_heads, model.attn.head_dim, model.attn.embed_dim) == (2, hd, 8)
+    else:
+        assert g.size == hd and ("attn.head_dim", 0) in members(g)
+        c = channel_at(g, "inp.weight", 0, 1)                  # position 1 of every head
+        assert positions(g, "inp.weight", 0, [c]) == [1, 1 + hd, 1 + 2 * hd]
+        assert positions(g, "attn.out_proj.weight", 1, [c]) == [1, 1 + hd, 1 + 2 * hd]
+        keep, heads = torch.tensor([0, 2, 3, 4, 6, 7, 8, 10, 11]), H
+        graph.prune({g: [c]})
+        check_widths(model)
+        assert (model.attn.num_heads, model.attn.head_dim, model.attn.embed_dim) == (H, hd - 1, 9)
+    # the pruned module computes exactly what a fresh module built from the kept weights computes
+    ref = _sliced_mha(original, keep, heads)
+    for a, b in zip(model.attn.state_dict().values(), ref.state_dict().values()):
+        assert torch.equal(a, b)
+    h = torch.randn(2, 6, len(keep), dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.allclose(model.attn(h, h, h)[0], ref(h, h, h)[0], atol=1e-12)
+        assert model(x).shape == (2, 6, 3)
+
+
+def test_attention_option_is_checked_and_reaches_prune():
+    model, x = MHABlock(), torch.randn(2, 6, 5)
+    with pytest.raises(PruningError, match="attention must be one of"):
+        dp.build_graph(model, x, attention="rows")
+    dp.prune(model, x, ratio=0.5, attention="head_dim")
+    assert (model.attn.num_heads, model.attn.head_dim) == (3, 2)

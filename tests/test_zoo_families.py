@@ -50,6 +50,23 @@ def test_vit_b_16_one_call_updates_hidden_dim_and_heads():
     assert result.speedup > 1 / 0.6
 
 
+def test_small_vit_with_attention_head_dim():
+    # attention="head_dim": every head loses the same dims, num_heads stays; hidden_dim follows
+    from torchvision.models.vision_transformer import VisionTransformer
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64)
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        ref = model(x).shape
+    result = dp.prune(model, x, ratio=0.5, attention="head_dim")
+    attn = model.encoder.layers[0].self_attention
+    assert (attn.num_heads, attn.head_dim) == (4, 4) and model.hidden_dim == attn.embed_dim == 16
+    with torch.no_grad():
+        assert model(x).shape == ref
+    assert result.speedup > 1.5
+
+
 @pytest.mark.parametrize("name,size", [("swin_t", 224), ("maxvit_t", 224)])
 def test_windowed_attention_models(name, size):
     torch.manual_seed(0)

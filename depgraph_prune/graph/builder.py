@@ -3,16 +3,14 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-import numpy as np
 import torch
 import torch.fx as fx
 from torch import nn
 
 from .. import trace as _trace
-from . import rules_attention, rules_layers, rules_tensor, rules_torchvision  # noqa: F401  (registers the rules)
+from . import rules_attention, rules_layers, rules_tensor  # noqa: F401  (registers the rules)
 from .context import BuildContext
-from .registry import FUNCTION_RULES, METHOD_RULES, MODULE_RULES
-from .rules_tensor import passthrough
+from .registry import FUNCTION_RULES, METHOD_RULES, MODULE_RULES, load_optional_rules
 from .values import TV
 
 
@@ -109,6 +107,22 @@ def _input_value(ctx, node, out):
     return one(out)
 
 
+def _frozen_output(ctx, out, why: str):
+    """An op we cannot see into: its outputs get atoms of their own, frozen for ``why``, so what
+    reads them names it (instead of just meeting a fixed-size tensor)."""
+    def one(v):
+        if isinstance(v, TV):
+            for d in range(1, v.ndim):  # dim 0 is the batch, or an untracked leading dim
+                if v.shape[d] > 1 and d not in v.track:
+                    v.track[d] = ctx.atoms.new(v.shape[d])
+                    ctx.atoms.freeze(v.track[d], why)
+        elif isinstance(v, (tuple, list)):
+            for o in v:
+                one(o)
+        return v
+    return one(out)
+
+
 def _get_attr(ctx, node, out, canonical):
     obj = ctx.model
     for part in node.target.split("."):
@@ -144,7 +158,7 @@ def _apply(ctx, node, args, kwargs, out):
         else:
             why = f"no coupling rule for {kind} {ctx.where()}"
         ctx.freeze([args, kwargs], why)
-        return out
+        return _frozen_output(ctx, out, why)
     try:
         if module is not None:
             return rule(ctx, node, module, args, kwargs, out)
@@ -154,14 +168,19 @@ def _apply(ctx, node, args, kwargs, out):
         return out
 
 
-def build_context(model: nn.Module, example_inputs: Any, leaf_names: Iterable[str] = ()) -> tuple[BuildContext, list[str]]:
+ATTENTION_MODES = ("heads", "head_dim")
+
+
+def build_context(model: nn.Module, example_inputs: Any, leaf_names: Iterable[str] = (),
+                  attention: str = "heads") -> tuple[BuildContext, list[str]]:
+    load_optional_rules()
     leaf_types = tuple(MODULE_RULES) + OPAQUE_TYPES
     real = model
     try:
         model = _trace.structural_copy(model)
     except Exception:  # an attribute deepcopy cannot handle: trace the model itself
         pass
-    ctx = BuildContext(model, dict(model.named_modules(remove_duplicate=False)))
+    ctx = BuildContext(model, dict(model.named_modules(remove_duplicate=False)), attention=attention)
     ctx.canonical = _canonical_names(model)
     tr = _trace.trace(model, example_inputs, leaf_types=leaf_types, leaf_names=leaf_names, training=False,
                       real_model=real)

@@ -9,7 +9,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .atoms import FIXED, AtomTable
+from .atoms import AtomTable
 from .values import TV, Opaque, Sym
 
 
@@ -50,6 +50,8 @@ class BuildContext:
     canonical: dict = field(default_factory=dict)
     output_structure: object = None
     opaque: dict = field(default_factory=dict)
+    #: how nn.MultiheadAttention shrinks: "heads" (whole heads) or "head_dim" (every head's width)
+    attention: str = "heads"
 
     def snapshot(self):
         a = self.atoms
@@ -80,9 +82,10 @@ class BuildContext:
 
     def width_atoms(self, module_name: str, attr: str, like: np.ndarray) -> None:
         """A width attribute (e.g. num_features of a BatchNorm without parameters) follows ``like``."""
-        key = (f"{module_name}.{attr}", 0)
+        qual = f"{module_name}.{attr}" if module_name else attr  # the root model's own attribute
+        key = (qual, 0)
         if key not in self.members:
-            self.members[key] = Member(f"{module_name}.{attr}", 0, np.array(like, copy=True), "width")
+            self.members[key] = Member(qual, 0, np.array(like, copy=True), "width")
         else:
             self.atoms.union(self.members[key].atoms, like, f"{self.where()}: shared module")
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping, Sequence
 
 import networkx as nx
-import numpy as np
 from torch import nn
 
 from ..errors import PruningError, SurgeryError
-from .builder import build_context
+from .builder import ATTENTION_MODES, build_context
 from .groups import Group, make_groups
 
 
@@ -26,10 +25,13 @@ class DependencyGraph:
     """
 
     def __init__(self, model: nn.Module, example_inputs: Any, *, ignored_layers: Iterable = (),
-                 leaf_modules: Iterable = (), frozen: Iterable = ()):
+                 leaf_modules: Iterable = (), frozen: Iterable = (), attention: str = "heads"):
+        if attention not in ATTENTION_MODES:
+            raise PruningError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
         self.model = model
         self.example_inputs = example_inputs
-        ctx, notes = build_context(model, example_inputs, leaf_names=self._names(leaf_modules, "leaf_modules"))
+        ctx, notes = build_context(model, example_inputs, leaf_names=self._names(leaf_modules, "leaf_modules"),
+                                   attention=attention)
         self.notes = notes
         self._ignore(ctx, ignored_layers)
         self._freeze_modules(ctx, self._names(frozen, "frozen"))

@@ -8,12 +8,27 @@ as ``ctx.node.target`` and the module itself as ``module``.
 """
 from __future__ import annotations
 
+import sys
 from typing import Callable
 
 FUNCTION_RULES: dict[object, Callable] = {}
 METHOD_RULES: dict[str, Callable] = {}
 MODULE_RULES: dict[type, Callable] = {}
 WIDTH_RULES: dict[type, Callable] = {}  # module type -> (module, new tensors by attr) -> {attr: value}
+
+
+_optional_loaded: set[str] = set()
+
+
+def load_optional_rules() -> None:
+    """Register the rules for torchvision's wrapped functions once torchvision is imported.
+
+    Importing torchvision costs seconds (it pulls in ``torch._dynamo``); a model that needs
+    these rules cannot exist before the user imported torchvision, so we wait for that. Called
+    before every build and before every user registration, so a user's rule always wins."""
+    if "torchvision" in sys.modules and "torchvision" not in _optional_loaded:
+        _optional_loaded.add("torchvision")
+        from . import rules_torchvision  # noqa: F401  (registers on import)
 
 
 def function_rule(*targets):

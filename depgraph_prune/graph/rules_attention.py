@@ -3,12 +3,15 @@
 The module derives its inner width from ``embed_dim`` (the query width) and splits it into
 ``num_heads`` heads of ``head_dim`` each, so the embedding channels and the q/k/v/output
 projection rows must shrink together. We tie embedding position ``i`` to inner position ``i``
-of q, k and v and to the output projection, and remove *whole heads*: ``head_dim`` (and with it
-the softmax scale) stays as it was, so removing a dead head preserves the function.
+of q, k and v and to the output projection. Then, by the graph's ``attention`` option:
+
+* ``"heads"`` (default): remove *whole heads*: ``head_dim`` (and with it the softmax scale) stays
+  as it was, so removing a dead head preserves the function; ``num_heads`` shrinks.
+* ``"head_dim"``: remove position ``j`` of every head together: ``num_heads`` stays, ``head_dim``
+  shrinks, and the module's own scale ``1/sqrt(head_dim)`` follows the new width.
 """
 from __future__ import annotations
 
-import numpy as np
 from torch import nn
 
 from .registry import module_rule
@@ -45,7 +48,13 @@ def _mha(ctx, node, module, args, kwargs, out):
         ctx.union(inner, stream, "attention width (inner width equals embed_dim)")
     if b_out is not None:
         ctx.union(b_out.atoms(0), w_out.atoms(0), "attention output bias")
-    ctx.atoms.tie_along(stream.reshape(H, hd).T, (0,), f"attention heads of {ctx.where()}")
+    grid = stream.reshape(H, hd)
+    if ctx.attention == "head_dim":
+        ctx.atoms.tie_along(grid, (0,), f"per-head dims of {ctx.where()} (attention='head_dim')")
+        ctx.width_atoms(name, "head_dim", grid[0])
+    else:
+        ctx.atoms.tie_along(grid.T, (0,), f"attention heads of {ctx.where()}")
+        ctx.width_atoms(name, "num_heads", grid[:, 0])
     ctx.width_atoms(name, "embed_dim", stream)
     # batch and sequence dims pass from the query to the output
     batch_track = {d: a for d, a in q.track.items() if d != q.ndim - 1}

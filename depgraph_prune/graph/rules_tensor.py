@@ -11,7 +11,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .atoms import FIXED
 from .registry import function_rule, method_rule
 from .values import TV, Opaque, Sym, clean_track
 
@@ -357,7 +356,6 @@ def reshape(ctx, x: TV, out: TV, sizes) -> TV:
             continue
         j = cands[0]
         axis = bo.index(j)
-        others = tuple(k for k in range(len(bo)) if k != axis)
         rep = ctx.atoms.tie_along(np.moveaxis(field, axis, -1), tuple(range(len(bo) - 1)),
                                   f"reshape splits a prunable dim at {ctx.where()}")
         out.track[j] = rep
@@ -479,7 +477,6 @@ def _stack(ctx, node, args, kwargs, out):
 
 def _split_parts(ctx, x: TV, outs, dim, equal: bool, width_attr=None):
     d = dim % x.ndim
-    res = []
     if d not in x.track:
         for o in outs:
             o.track = {k: a for k, a in x.track.items() if k != d}

@@ -9,7 +9,10 @@ exactly. The pruner calls:
 * ``setup(pruner)`` once, after it has built the graph and chosen the regularized groups;
 * ``update(pruner)`` every ``interval`` iterations while the schedule is growing;
 * ``on_step(pruner)`` after every ``step()`` (TPP's staged zeroing);
-* ``penalty(pruner)`` for the extra loss term (TPP's Gram loss; 0 elsewhere);
+* ``penalty(pruner)`` for the extra loss term (TPP's Gram loss in ``closed_form=False`` mode; 0
+  elsewhere);
+* ``regularize(pruner)`` inside ``pruner.regularize()``, after the L2 terms, under ``no_grad``
+  (TPP's closed-form Gram gradient);
 * ``after_prune(pruner)`` once the surgery is done (OrthP's re-initialization).
 
 Which parameter slices a penalty goes on (``targets``):
@@ -97,6 +100,9 @@ class Method:
 
     def penalty(self, pruner) -> torch.Tensor:
         return pruner._zero()
+
+    def regularize(self, pruner) -> None:
+        pass
 
     def after_prune(self, pruner) -> None:
         pass
@@ -212,11 +218,15 @@ class TPP(Method):
     """TPP (Wang & Fu, 2023, "Trainability preserving neural pruning").
 
     ``S_p`` fixed at construction. ``lambda(t) = delta * floor(t / interval)``, capped at
-    ``ceiling``. Loss term (``pruner.penalty()``): ``gram_weight * lambda(t) * sum_layers L``,
+    ``ceiling``. Gram term: ``gram_weight * lambda(t) * sum_layers L``,
     ``L = (1/N^2) sum_ij M_ij G_ij^2``, ``G = W W^T`` on each producing conv/linear weight of the
-    group, ``M = 1 - m m^T`` (``m`` = kept indicator). ``regularize()``: ``grad += lambda * w`` on
-    the pruned filters and biases (``weight_reg``) and norm scale/shift (``bn_reg``); not multiplied
-    by ``gram_weight``. Once ``lambda`` reaches ``ceiling``: ``stabilize`` iterations with
+    group, ``M = 1 - m m^T`` (``m`` = kept indicator). With ``closed_form=True`` (default)
+    ``regularize()`` adds its exact gradient ``gram_weight * lambda * (4/N^2) (M * G) W`` to
+    ``.grad`` (no autograd graph, no extra backward) and ``pruner.penalty()`` is a zero tensor, so
+    a loop that adds it to the loss stays correct; with ``closed_form=False`` the term is
+    ``pruner.penalty()``, to be added to the loss (the reference formulation; slower).
+    ``regularize()`` also adds ``grad += lambda * w`` on the pruned filters and biases
+    (``weight_reg``) and norm scale/shift (``bn_reg``); not multiplied by ``gram_weight``. Once ``lambda`` reaches ``ceiling``: ``stabilize`` iterations with
     ``lambda = ceiling``; the ``i``-th regularized group (0-based, module order of its producer)
     has its pruned slices (filters, biases, norm scale/shift) set to exactly zero at every step
     once ``t - t_stab >= (i + 1) * stage_interval``. Call ``step()`` after ``optimizer.step()``.
@@ -227,7 +237,7 @@ class TPP(Method):
 
     def __init__(self, delta: float = 1e-4, interval: int = 10, ceiling: float = 1.0,
                  stabilize: int = 10000, gram_weight: float = 1000.0, bn_reg: bool = True,
-                 weight_reg: bool = True, stage_interval: int = 100):
+                 weight_reg: bool = True, stage_interval: int = 100, closed_form: bool = True):
         self.delta = _check_pos("delta", delta)
         self.interval = _check_int("interval", interval, 1)
         self.ceiling = _check_pos("ceiling", ceiling)
@@ -236,6 +246,9 @@ class TPP(Method):
         self.bn_reg = bool(bn_reg)
         self.weight_reg = bool(weight_reg)
         self.stage_interval = _check_int("stage_interval", stage_interval, 0)
+        if not isinstance(closed_form, bool):
+            raise ValueError(f"closed_form must be True or False, got {closed_form!r}")
+        self.closed_form = closed_form
 
     def slice_filter(self, role: str) -> bool:
         if role == "norm":
@@ -274,28 +287,74 @@ class TPP(Method):
             if since >= (i + 1) * self.stage_interval:
                 gs.zero_pruned(pruner)
 
-    def penalty(self, pruner) -> torch.Tensor:
-        lam = pruner.lam_t
-        if lam == 0.0 or self.gram_weight == 0.0:
-            return pruner._zero()
-        total = None
+    def _gram_layers(self, pruner):
+        """``(slice, tensor, W as rows, pruned rows)`` of every Gram-regularized weight."""
         for gs in pruner._groups:
             for sl in gs.gram:
                 w = sl.tensor()
-                n = w.shape[sl.dim]
-                W = w.movedim(sl.dim, 0).reshape(n, -1)
                 p = sl.pruned_positions(gs, w.device)
-                if p.numel() == 0:
-                    continue
-                # M = 1 - m m^T keeps the entries with a pruned row or column, so only the pruned
-                # rows of G are needed: sum M*G^2 = 2 |G_P|^2 - |G_PP|^2 with G_P = W_P W^T
-                # (|P|/n of the full Gram's work, and no n x n mask).
-                GP = W.index_select(0, p) @ W.t()
-                loss = (2 * GP.pow(2).sum() - GP.index_select(1, p).pow(2).sum()) / float(n * n)
-                total = loss if total is None else total + loss
+                if p.numel():
+                    n = w.shape[sl.dim]
+                    yield sl, w, w.movedim(sl.dim, 0).reshape(n, -1), p
+
+    def penalty(self, pruner) -> torch.Tensor:
+        lam = pruner.lam_t
+        if lam == 0.0 or self.gram_weight == 0.0 or self.closed_form:
+            return pruner._zero()
+        total = None
+        for _, _, W, p in self._gram_layers(pruner):
+            n = W.shape[0]
+            # M = 1 - m m^T keeps the entries with a pruned row or column, so only the pruned
+            # rows of G are needed: sum M*G^2 = 2 |G_P|^2 - |G_PP|^2 with G_P = W_P W^T
+            # (|P|/n of the full Gram's work, and no n x n mask).
+            GP = W.index_select(0, p) @ W.t()
+            loss = (2 * GP.pow(2).sum() - GP.index_select(1, p).pow(2).sum()) / float(n * n)
+            total = loss if total is None else total + loss
         if total is None:
             return pruner._zero()
         return total * (self.gram_weight * lam)
+
+    def regularize(self, pruner) -> None:
+        lam = pruner.lam_t
+        if lam == 0.0 or self.gram_weight == 0.0 or not self.closed_form:
+            return
+        for sl, w, W, p in self._gram_layers(pruner):
+            if not w.requires_grad:
+                continue
+            grad = _tpp_gram_grad(W, p)
+            grad.mul_(4.0 * self.gram_weight * lam / float(W.shape[0] ** 2))
+            shaped = grad.reshape(w.movedim(sl.dim, 0).shape).movedim(0, sl.dim)
+            if w.grad is None:
+                w.grad = shaped.contiguous()
+            else:
+                w.grad.add_(shaped)
+
+
+def _tpp_gram_grad(W: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """``(M * G) W`` for ``G = W W^T``, ``M = 1 - m m^T``, ``p`` = the pruned rows (``m = 0``).
+
+    Row ``i`` in ``P`` is ``(G W)_i`` (``M`` keeps its whole row); a kept row only sees the pruned
+    columns: ``(G_KP W_P)_i``. Two exact ways, and we take the cheaper for the layer's shape:
+    through ``G_P = W_P W^T`` (``|P| x n``; about ``3 |P| n d`` multiply-adds), or through the
+    ``d x d`` Grams ``B = W_P^T W_P`` and ``C = W_K^T W_K`` (rows ``K``: ``W_K B``, rows ``P``:
+    ``W_P (B + C)``; about ``2 n d^2``), which wins for wide-output layers (1x1 expansions)."""
+    n, d = W.shape
+    WP = W.index_select(0, p)
+    if 2 * d < 3 * p.numel():
+        keep = torch.ones(n, dtype=torch.bool, device=W.device)
+        keep[p] = False
+        k = keep.nonzero().squeeze(1)
+        WK = W.index_select(0, k)
+        B = WP.t() @ WP
+        grad = torch.empty_like(W)
+        grad.index_copy_(0, k, WK @ B)
+        grad.index_copy_(0, p, WP @ B.add_(WK.t() @ WK))
+        return grad
+    GP = WP @ W.t()                                    # |P| x n
+    grad = GP.t() @ WP                                 # every row's pruned columns: G_:P W_P
+    # pruned rows need their kept columns too: G_P W minus the G_PP W_P already counted
+    grad.index_add_(0, p, GP @ W - GP.index_select(1, p) @ WP)
+    return grad
 
 
 # ------------------------------------------------------------------------------------- growing reg

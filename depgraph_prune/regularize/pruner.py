@@ -6,7 +6,7 @@ Typical loop (GReg-1)::
     pruner = RegularizedPruner(model, example_inputs, method="greg1", ratio=0.5)
     while not pruner.done:
         for x, y in loader:
-            loss = criterion(model(x), y) + pruner.penalty()   # penalty() is 0 except for TPP
+            loss = criterion(model(x), y) + pruner.penalty()   # 0 except TPP(closed_form=False)
             optimizer.zero_grad()
             loss.backward()
             pruner.regularize()          # grad += lambda * w on the regularized slices
@@ -48,8 +48,9 @@ already keeps identical (the weights and the all-reduced gradients)::
 * ``regularize()`` goes after ``loss.backward()``: by then DDP has averaged the gradients, so the
   penalty ``lambda * w`` is added once, on identical gradients, on every rank. With gradient
   accumulation under ``ddp.no_sync()``, call it once per optimizer step, after the last
-  (synchronized) backward. ``penalty()`` (TPP's Gram loss) is part of the loss, so its gradient
-  goes through the all-reduce like the data term (identical on every rank, so averaging keeps it).
+  (synchronized) backward. TPP's Gram gradient is added there too, from the identical weights.
+  With ``TPP(closed_form=False)`` it is ``penalty()``, part of the loss, so its gradient goes
+  through the all-reduce like the data term (identical on every rank, so averaging keeps it).
 * ``step()`` (schedule, magnitude ratio, GReg-2's pick, TPP's zeroing) reads only the weights and
   the iteration counter: call it on every rank, every iteration.
 * Buffers are not averaged: DDP copies rank 0's buffers (BN running statistics) to the others at
@@ -358,6 +359,7 @@ class RegularizedPruner:
             :mod:`depgraph_prune.importance` for its ``imp``). Any other name or callable
             ``(group) -> scores`` replaces both.
         progress: show a tqdm bar (one tick per ``step()``).
+        leaf_modules, attention: as in :func:`depgraph_prune.build_graph`.
         record_separation: record ``(t, max lambda, std/mean of filter L1 norms)`` of each
             regularized group's producing layer at every update in ``self.separation``.
         log_hook: callable receiving ``{"t", "phase", "max_lambda", "mag_ratio", "lambda_t"}`` at
@@ -369,7 +371,7 @@ class RegularizedPruner:
     def __init__(self, model: nn.Module, example_inputs: Any, method="greg1", ratio: float | None = None,
                  ratios=None, ignored_layers: Iterable = (), importance="l1", progress: bool = False, *,
                  record_separation: bool = False, log_hook: Callable[[dict], Any] | None = None,
-                 leaf_modules: Iterable[str] = (), **method_kwargs):
+                 leaf_modules: Iterable[str] = (), attention: str = "heads", **method_kwargs):
         model = _unwrap_parallel(model)
         self.model = model
         self.example_inputs = example_inputs
@@ -389,7 +391,8 @@ class RegularizedPruner:
                 raise ValueError(f"ratio must be in [0, 1), got {ratio!r}")
         self.ratio = ratio
         self.ratios = self._parse_ratios(ratios)
-        self.graph = build_graph(model, example_inputs, ignored_layers=ignored_layers, leaf_modules=leaf_modules)
+        self.graph = build_graph(model, example_inputs, ignored_layers=ignored_layers, leaf_modules=leaf_modules,
+                                 attention=attention)
         self._groups: list[_GroupState] = self._select_groups()
         self.t = 0
         self.t_stab: int | None = None
@@ -503,7 +506,8 @@ class RegularizedPruner:
 
     def regularize(self) -> None:
         """After ``loss.backward()``, before ``optimizer.step()``: ``grad += lambda_c * w`` on every
-        regularized parameter slice (the gradient of ``sum lambda_c / 2 * ||w_c||^2``)."""
+        regularized parameter slice (the gradient of ``sum lambda_c / 2 * ||w_c||^2``); for TPP
+        (``closed_form=True``) also the Gram term's gradient."""
         self._check_live("regularize")
         with torch.no_grad():
             for gs in self._groups:
@@ -516,9 +520,11 @@ class RegularizedPruner:
                     if p.grad is None:
                         p.grad = torch.zeros_like(p)
                     p.grad.addcmul_(sl.lam_pos(gs, p), p.detach())
+            self.method.regularize(self)
 
     def penalty(self) -> torch.Tensor:
-        """Extra loss term (TPP's Gram loss; a zero tensor for the other methods): use
+        """Extra loss term (TPP's Gram loss with ``TPP(closed_form=False)``; a zero tensor
+        otherwise, TPP's default included, whose Gram gradient ``regularize()`` adds): use
         ``loss = loss + pruner.penalty()`` before ``backward()``."""
         if self.phase == "pruned":
             return self._zero()
@@ -567,9 +573,12 @@ class RegularizedPruner:
             if self.log_hook is not None:
                 self.log_hook(info)
             if self._bar is not None:
-                mr = info["mag_ratio"]
-                self._bar.set_postfix(phase=self.phase, max_lambda=f"{info['max_lambda']:.3g}",
-                                      mag_ratio="-" if mr is None else f"{mr:.3g}", refresh=False)
+                self._postfix(refresh=False)
+
+    def _postfix(self, refresh: bool) -> None:
+        mr = self.mag_ratio
+        self._bar.set_postfix(phase=self.phase, max_lambda=f"{self.max_lambda:.3g}",
+                              mag_ratio="-" if mr is None else f"{mr:.3g}", refresh=refresh)
 
     def _tick(self) -> None:
         if not self.progress:
@@ -579,10 +588,15 @@ class RegularizedPruner:
             self._bar = tqdm(desc=type(self.method).__name__, initial=self.t - 1, unit="it")
         self._bar.update(1)
         if self.done:
-            self._bar.set_postfix(phase=self.phase, refresh=True)
+            self._close_bar()
+
+    def _close_bar(self) -> None:
+        """Show the bar's last state and close it (the schedule is over, or pruning starts)."""
+        if self._bar is not None:
+            self._postfix(refresh=True)
             self._bar.close()
             self._bar = None
-            self.progress = False
+        self.progress = False
 
     # -- surgery -------------------------------------------------------------------------------------------
     def prune(self) -> PruneResult:
@@ -590,6 +604,7 @@ class RegularizedPruner:
         engine) and return a :class:`~depgraph_prune.prune.PruneResult`. GReg-2 before its pick and
         GrowingReg choose ``S_p`` now, on the current weights. Build a new optimizer afterwards."""
         self._check_live("prune")
+        self._close_bar()
         if not self.done and self.method.warn_if_not_done:
             warnings.warn(f"prune() called in phase {self.phase!r} at t={self.t}, before the schedule is done",
                           stacklevel=2)

@@ -16,9 +16,7 @@ reasoning about the architecture (not about what the engine does today):
   preservation is only checked on the groups listed in ``fp_modules``, whose channels never reach
   that op);
 * ``untraceable``: the submodule that ``torch.fx`` cannot trace (data-dependent control flow, or
-  iteration over a traced value), which should become an opaque leaf with frozen channels (or,
-  where ``opaque_required`` is False, may be traced through by specializing on the example
-  input's shapes, since nothing in it depends on the data).
+  iteration over a traced value), which must become an opaque leaf with frozen channels.
 """
 from __future__ import annotations
 
@@ -3362,6 +3360,60 @@ class LevitTiny(nn.Module):
 # =============================================================================================
 # The gallery
 # =============================================================================================
+# =============================================================================================
+# 32. lucidrains vit-pytorch style: `b, n, _, h = *x.shape, self.heads`, qkv chunk + map(lambda)
+# =============================================================================================
+class LucidAttention(nn.Module):
+    def __init__(self, dim, heads=4, dim_head=8):
+        super().__init__()
+        inner = dim_head * heads
+        self.heads = heads
+        self.scale = dim_head ** -0.5
+        self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
+        self.to_out = nn.Linear(inner, dim)
+
+    def forward(self, x):
+        b, n, _, h = *x.shape, self.heads
+        qkv = self.to_qkv(x).chunk(3, dim=-1)
+        q, k, v = map(lambda t: t.reshape(b, n, h, -1).transpose(1, 2), qkv)
+        dots = torch.matmul(q, k.transpose(-1, -2)) * self.scale
+        out = torch.matmul(dots.softmax(dim=-1), v)
+        return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class LucidFeedForward(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class LucidViT(nn.Module):
+    def __init__(self, image=32, patch=8, dim=32, depth=2, heads=4, dim_head=8, mlp=64, classes=10):
+        super().__init__()
+        self.patch = patch
+        self.to_patch = nn.Linear(3 * patch * patch, dim)
+        self.pos = nn.Parameter(torch.randn(1, (image // patch) ** 2 + 1, dim))
+        self.cls = nn.Parameter(torch.randn(1, 1, dim))
+        self.layers = nn.ModuleList([nn.ModuleList([LucidAttention(dim, heads, dim_head), LucidFeedForward(dim, mlp)])
+                                     for _ in range(depth)])
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, img):
+        b, c, hh, ww = img.shape
+        p = self.patch
+        x = img.reshape(b, c, hh // p, p, ww // p, p).permute(0, 2, 4, 3, 5, 1).reshape(b, -1, p * p * c)
+        x = self.to_patch(x)
+        b, n, _ = x.shape
+        x = torch.cat((self.cls.expand(b, -1, -1), x), dim=1) + self.pos[:, :(n + 1)]
+        for attn, ff in self.layers:
+            x = attn(x) + x
+            x = ff(x) + x
+        return self.head(x[:, 0])
+
+
 def _img(b=2, c=3, s=32):
     return lambda: torch.randn(b, c, s, s)
 
@@ -3378,7 +3430,6 @@ class Entry:
     fp_modules: tuple[str, ...] = ()  # groups (by module) whose channels never reach that op
     untraceable: str | None = None  # the submodule fx cannot trace
     feeds_untraceable: tuple[str, ...] = ()  # modules whose output channels enter it
-    opaque_required: bool = True  # False: tracing through it by specializing on the example shapes is fine too
     must_prune: tuple[str, ...] = ()  # modules whose output-channel group must be prunable (by reasoning)
 
     def make(self, seed: int = 0):
@@ -3444,9 +3495,14 @@ GALLERY: list[Entry] = [
     Entry("gated_untraceable", "data-dependent `if x.sum() > 0:` inside one block", GatedNet,
           why="stem width, conv2/conv3 widths (the gated block's channels must freeze)",
           untraceable="refine", feeds_untraceable=("conv1.0",)),
-    Entry("yolov8_c2f", "YOLOv8 C2f: `list(self.cv1(x).chunk(2, 1))` + `y.extend(...)` (fx cannot iterate a Proxy)",
-          YoloV8Backbone, why="conv0 and conv2 widths outside the C2f blocks",
-          untraceable="c2f1", feeds_untraceable=("conv1.conv",), opaque_required=False),
+    Entry("lucid_vit", "lucidrains vit-pytorch: `b, n, _, h = *x.shape, self.heads` (plain fx cannot unpack a Proxy), "
+          "`map(lambda t: reshape(b, n, h, -1).transpose(1, 2), qkv.chunk(3, -1))`, constant `scale`, no LayerNorm",
+          LucidViT, why="per-head q/k/v widths (heads constant), MLP hidden widths, the residual stream",
+          must_prune=("layers.0.0.to_qkv", "layers.0.1.net.0", "to_patch")),
+    Entry("yolov8_c2f", "YOLOv8 C2f: `list(self.cv1(x).chunk(2, 1))` + `y.extend(...)` (plain fx cannot iterate a "
+          "Proxy; the tracer unrolls it to the number of chunks)",
+          YoloV8Backbone, why="conv widths outside and inside the C2f blocks (chunk halves tied)",
+          must_prune=("c2f1.m.0.cv1.conv",)),
     Entry("se_resnext", "SE-ResNeXt (pretrainedmodels): grouped 3x3, SEModule `module_input * x`, downsample",
           SENet, why="bottleneck widths (whole conv groups), SE widths, stage widths"),
     Entry("efficientnet", "EfficientNet-PyTorch: Conv2dStaticSamePadding (F.conv2d, `self.groups`), Swish, SE, "
