@@ -65,6 +65,14 @@ def test_small_vit_with_attention_head_dim():
     with torch.no_grad():
         assert model(x).shape == ref
     assert result.speedup > 1.5
+    # keeping the residual stream (nn.MultiheadAttention's inner width is its embed_dim, so heads stay
+    # too): only the MLP hidden widths go
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64)
+    dp.prune(model, x, ratio=0.5, ignored_layers=["conv_proj"])
+    attn = model.encoder.layers[0].self_attention
+    assert (model.hidden_dim, attn.num_heads, attn.head_dim) == (32, 4, 8)
+    assert model.encoder.layers[0].mlp[0].out_features == 32
 
 
 @pytest.mark.parametrize("name,size", [("swin_t", 224), ("maxvit_t", 224)])
