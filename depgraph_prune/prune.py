@@ -85,6 +85,17 @@ def _plan(graph, scorer, ratio, ratios, global_ranking, max_ratio, round_to, min
     return local_plan(graph, scorer, group_ratios(graph, ratio, ratios), round_to, min_channels)
 
 
+def width_row(group, channels) -> tuple[str, int, int]:
+    """``(member, width before, width after)`` for the result table: the first member that loses
+    positions (a concat group's first member may be a part whose channels all stay)."""
+    for m in group.members:
+        lost = len(m.indices(channels)) if m.kind != "width" else 0
+        if lost:
+            return m.name, m.size, m.size - lost
+    m = group.members[0]
+    return m.name, m.size, m.size
+
+
 def _scale(ratio, ratios, factor: float):
     """Ratios for one of several rounds: keep fraction (1-r)^factor each round."""
     f = lambda r: 1 - (1 - r) ** factor  # noqa: E731
@@ -245,9 +256,7 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
             base = 0.5 if ratio is None and ratios is None else ratio
             r_ratio, r_ratios = _scale(base, ratios, 1 / steps) if steps > 1 else (base, ratios)
             plan = _plan(graph, scorer, r_ratio, r_ratios, global_ranking, max_ratio, round_to, min_channels)
-        for g, c in plan.items():
-            m = g.members[0]
-            widths.append((m.name, m.size, m.size - len(m.indices(c))))
+        widths += [width_row(g, c) for g, c in plan.items()]
         if plan:
             records.append(graph.prune(plan))
         if callback is not None:

@@ -276,7 +276,7 @@ def test_tpp_linear_growth_and_staged_zeroing():
 def test_tpp_closed_form_gram_gradient_matches_autograd(n, d, data):
     # both branches (through G_P = W_P W^T, or through the d x d Grams) against autograd of the
     # explicit loss sum(M * G^2), for any shape and any set of pruned rows
-    from depgraph_prune.regularize.methods import _tpp_gram_grad
+    from depgraph_prune.regularize.methods import _tpp_gram_grad_into
     pruned = data.draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=n, unique=True))
     W = torch.randn(n, d, dtype=torch.float64, generator=torch.Generator().manual_seed(n * 100 + d),
                     requires_grad=True)
@@ -284,8 +284,10 @@ def test_tpp_closed_form_gram_gradient_matches_autograd(n, d, data):
     m[pruned] = 0
     M = 1 - torch.outer(m, m)
     ((M * (W @ W.t()) ** 2).sum() / 4).backward()   # d/dW sum(M G^2) = 4 (M*G) W
-    got = _tpp_gram_grad(W.detach(), torch.tensor(sorted(pruned)))
-    assert torch.allclose(got, W.grad, rtol=1e-10, atol=1e-10)
+    start = torch.randn(n, d, dtype=torch.float64)
+    got = start.clone()
+    _tpp_gram_grad_into(got, W.detach(), torch.tensor(sorted(pruned)), 0.5)  # accumulates, scaled
+    assert torch.allclose(got, start + 0.5 * W.grad, rtol=1e-10, atol=1e-10)
 
 
 def test_tpp_closed_form_trains_like_the_loss_form():

@@ -321,17 +321,20 @@ class TPP(Method):
         for sl, w, W, p in self._gram_layers(pruner):
             if not w.requires_grad:
                 continue
-            grad = _tpp_gram_grad(W, p)
-            grad.mul_(4.0 * self.gram_weight * lam / float(W.shape[0] ** 2))
-            shaped = grad.reshape(w.movedim(sl.dim, 0).shape).movedim(0, sl.dim)
+            scale = 4.0 * self.gram_weight * lam / float(W.shape[0] ** 2)
             if w.grad is None:
-                w.grad = shaped.contiguous()
+                w.grad = torch.zeros_like(w)
+            if sl.dim == 0 and w.grad.is_contiguous():
+                _tpp_gram_grad_into(w.grad.view(W.shape), W, p, scale)  # no n x d temporary
             else:
-                w.grad.add_(shaped)
+                g = torch.zeros_like(W)
+                _tpp_gram_grad_into(g, W, p, scale)
+                w.grad.add_(g.reshape(w.movedim(sl.dim, 0).shape).movedim(0, sl.dim))
 
 
-def _tpp_gram_grad(W: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """``(M * G) W`` for ``G = W W^T``, ``M = 1 - m m^T``, ``p`` = the pruned rows (``m = 0``).
+def _tpp_gram_grad_into(out: torch.Tensor, W: torch.Tensor, p: torch.Tensor, alpha: float) -> None:
+    """``out += alpha * (M * G) W`` for ``G = W W^T``, ``M = 1 - m m^T``, ``p`` = the pruned rows
+    (``m = 0``), accumulated in place (one training step should not allocate weight-sized buffers).
 
     Row ``i`` in ``P`` is ``(G W)_i`` (``M`` keeps its whole row); a kept row only sees the pruned
     columns: ``(G_KP W_P)_i``. Two exact ways, and we take the cheaper for the layer's shape:
@@ -346,15 +349,14 @@ def _tpp_gram_grad(W: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         k = keep.nonzero().squeeze(1)
         WK = W.index_select(0, k)
         B = WP.t() @ WP
-        grad = torch.empty_like(W)
-        grad.index_copy_(0, k, WK @ B)
-        grad.index_copy_(0, p, WP @ B.add_(WK.t() @ WK))
-        return grad
+        out.index_add_(0, k, WK @ B, alpha=alpha)
+        out.index_add_(0, p, WP @ B.addmm_(WK.t(), WK), alpha=alpha)
+        return
     GP = WP @ W.t()                                    # |P| x n
-    grad = GP.t() @ WP                                 # every row's pruned columns: G_:P W_P
+    out.addmm_(GP.t(), WP, alpha=alpha)                # every row's pruned columns: G_:P W_P
     # pruned rows need their kept columns too: G_P W minus the G_PP W_P already counted
-    grad.index_add_(0, p, GP @ W - GP.index_select(1, p) @ WP)
-    return grad
+    rows = (GP @ W).addmm_(GP.index_select(1, p), WP, alpha=-1.0)
+    out.index_add_(0, p, rows, alpha=alpha)
 
 
 # ------------------------------------------------------------------------------------- growing reg

@@ -76,7 +76,7 @@ from .. import importance as _imp
 from ..analysis import _separation, filter_l1_norms
 from ..errors import PruningError
 from ..measure import count_ops
-from ..prune import PruneResult, build_graph, select_channels
+from ..prune import PruneResult, build_graph, select_channels, width_row
 from ..specs import match_ratio, name_patterns, resnet_stages, validate_ratios
 from .methods import Method, make_method
 
@@ -617,7 +617,7 @@ class RegularizedPruner:
         plan = {gs.group: list(gs.pruned) for gs in self._groups if gs.pruned}
         inputs = _to_device(self.example_inputs, self._device())
         before = count_ops(self.model, inputs)
-        widths = [(g.members[0].name, g.size + g.n_frozen, g.size + g.n_frozen - len(c)) for g, c in plan.items()]
+        widths = [width_row(g, c) for g, c in plan.items()]
         record = self.graph.prune(plan) if plan else {}
         self.method.after_prune(self)
         after = count_ops(self.model, inputs)
