@@ -311,3 +311,37 @@ def test_hand_written_attention_prunes_head_dim_with_the_stream():
     assert model(x).shape == (2, 5, 10)
     assert model[1].attn.qkv.out_features == 48 and model[1].attn.num_heads == 4
     assert result.speedup > 2
+
+
+def test_hand_written_attention_with_a_head_count_attribute_loses_whole_heads():
+    # `view(B, N, self.num_heads, 6)`: the head size is a literal, the head count an attribute, so
+    # whole heads go and the surgeon updates num_heads; removing dead heads changes nothing
+    class Attn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.num_heads = 4
+            self.inp, self.q, self.o = nn.Linear(5, 8), nn.Linear(8, 24), nn.Linear(24, 3)
+
+        def forward(self, x):
+            B, N, _ = x.shape
+            h = self.q(self.inp(x)).view(B, N, self.num_heads, 6).transpose(1, 2)
+            h = (h @ h.transpose(-1, -2) * 6 ** -0.5).softmax(-1) @ h
+            return self.o(h.transpose(1, 2).reshape(B, N, -1))
+
+    model, x = Attn().double().eval(), torch.randn(2, 7, 5, dtype=torch.float64)
+    graph = dp.build_graph(model, x)
+    g = graph.group_of("q")
+    assert g.size == 4 and ("num_heads", 0) in {(m.name, m.dim) for m in g.members}
+    head = {c: sorted(m.indices([c]).tolist()) for m in g.members if m.name == "q.weight" for c in range(4)}
+    assert sorted(head.values()) == [list(range(6 * h, 6 * h + 6)) for h in range(4)]
+    dead = [c for c, rows in head.items() if rows[0] in (6, 18)]  # heads 1 and 3
+    with torch.no_grad():
+        for c in dead:
+            rows = torch.tensor(head[c])
+            model.q.weight[rows] = 0
+            model.q.bias[rows] = 0
+        ref = model(x)
+    g.prune(dead)
+    assert (model.num_heads, model.q.out_features, model.o.in_features) == (2, 12, 12)
+    with torch.no_grad():
+        assert torch.allclose(model(x), ref, atol=1e-12)

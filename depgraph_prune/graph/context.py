@@ -24,6 +24,7 @@ def _source_attributes(stack_trace: str) -> set[str] | None:
 
 
 _WIDTH_WORDS = ("dim", "channel", "feature", "width", "hidden", "embed", "planes")
+HEAD_WORDS = ("heads",)  # a head *count*: tried only where no width attribute matches
 
 
 @dataclass
@@ -110,7 +111,7 @@ class BuildContext:
             return qualname
         return self.canonical.get(id(obj), qualname)
 
-    def attribute_for_constant(self, value: int) -> tuple[str, str] | None:
+    def attribute_for_constant(self, value: int, words=_WIDTH_WORDS) -> tuple[str, str] | None:
         """The one integer attribute, on the innermost module running this node, equal to
         ``value`` and named like a width; None when there is none or it is ambiguous."""
         stack = self.node.meta.get("nn_module_stack") or {}
@@ -122,7 +123,7 @@ class BuildContext:
             if mod is None:
                 continue
             hits = [a for a, v in vars(mod).items() if type(v) is int and v == value
-                    and not a.startswith("_") and any(w in a for w in _WIDTH_WORDS)]
+                    and not a.startswith("_") and any(w in a for w in words)]
             if named:
                 hits = [a for a in hits if a in named]
             if len(hits) == 1:

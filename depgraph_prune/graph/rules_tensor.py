@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .context import HEAD_WORDS
 from .registry import function_rule, method_rule
 from .values import TV, Opaque, Sym, clean_track
 
@@ -342,9 +343,10 @@ def reshape(ctx, x: TV, out: TV, sizes) -> TV:
         if not cands:
             # a constant read from a module attribute (ViT's `self.hidden_dim`, a `self.head_dim`):
             # the surgeon can update that attribute, so that one dim may change after all
-            found = {j: ctx.attribute_for_constant(kinds[j]) for j in bo
-                     if isinstance(kinds[j], int) and not isinstance(kinds[j], bool)}
-            found = {j: f for j, f in found.items() if f}
+            consts = [j for j in bo if isinstance(kinds[j], int) and not isinstance(kinds[j], bool)]
+            found = {j: f for j in consts if (f := ctx.attribute_for_constant(kinds[j]))}
+            if not found:  # `view(B, N, self.num_heads, 6)`: whole heads, and num_heads follows
+                found = {j: f for j in consts if (f := ctx.attribute_for_constant(kinds[j], HEAD_WORDS))}
             if len(found) == 1:
                 (j0, width_attr), = found.items()
                 cands = [j0]
