@@ -333,6 +333,30 @@ def test_conv_transpose(nd):
     assert (model.c1.out_channels, model.c3.in_channels) == (6, 5)
 
 
+class FunctionalConv(nn.Module):
+    """A conv on a weight read in ``forward`` (weight standardization style)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(8, 3, 3, 3))
+        self.c2 = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.c2(F.conv2d(x, self.w * 2.0, padding=1))
+
+
+def test_functional_conv_on_a_parameter():
+    model, x = double(FunctionalConv(), torch.randn(2, 3, 6, 6))
+    graph = dp.build_graph(model, x)
+    g = group_with(graph, "w", 0)
+    assert members(g) == {("w", 0), ("c2.weight", 1)} and g.size == 8
+    # the kernel dims are no channel space: they are not listed as (frozen) groups
+    assert not any(m.name == "w" and m.dim >= 2 for grp in graph.groups for m in grp.members)
+    assert "kernel dim" not in graph.summary()
+    assert_prunes(model, x, graph, {g: [1, 5]})
+    assert model.w.shape == (6, 3, 3, 3) and model.c2.in_channels == 6
+
+
 def test_grouped_conv_transpose_freezes_with_reason():
     class M(nn.Module):
         def __init__(self):

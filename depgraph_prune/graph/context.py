@@ -25,6 +25,7 @@ def _source_attributes(stack_trace: str) -> set[str] | None:
 
 _WIDTH_WORDS = ("dim", "channel", "feature", "width", "hidden", "embed", "planes")
 HEAD_WORDS = ("heads",)  # a head *count*: tried only where no width attribute matches
+KERNEL_DIM = "kernel dim of "  # reason prefix of conv kernel dims: not channels, not listed as groups
 
 
 @dataclass

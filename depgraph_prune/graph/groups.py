@@ -10,7 +10,7 @@ import torch
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from .context import BuildContext
+from .context import KERNEL_DIM, BuildContext
 
 
 @dataclass(frozen=True)
@@ -157,6 +157,8 @@ def make_groups(ctx: BuildContext, graph) -> list[Group]:
         live = comps[~frozen]
         comp_channel[live] = np.arange(live.size)
         fr = Counter(reasons[comps[frozen]].tolist())
+        if not live.size and fr and all(r.startswith(KERNEL_DIM) for r in fr):
+            continue  # a functional conv's kernel dims (from a weight read in forward): not channels
         gms = []
         for i in by_group[gi]:
             m = members[i]

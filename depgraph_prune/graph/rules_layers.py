@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .context import KERNEL_DIM
 from .registry import function_rule, module_rule
 from .rules_tensor import _arg, passthrough
 from .values import TV, clean_track
@@ -23,7 +24,7 @@ def _base(module, table):
 def conv_core(ctx, x: TV, w: TV, b: TV | None, groups: int, n_spatial: int, out: TV, transposed=False):
     cdim = 1 if x.ndim == n_spatial + 2 else 0
     ctx.freeze_dims(x, [d for d in range(x.ndim) if d != cdim], f"non-channel dim entering {ctx.where()}")
-    ctx.freeze_dims(w, range(2, w.ndim), f"kernel dim of {ctx.where()}")
+    ctx.freeze_dims(w, range(2, w.ndim), f"{KERNEL_DIM}{ctx.where()}")
     in_dim, out_dim = (0, 1) if transposed else (1, 0)
     if groups == 1:
         ctx.union(x.atoms(cdim), w.atoms(in_dim), "convolution input")
