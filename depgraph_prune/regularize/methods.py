@@ -226,10 +226,11 @@ class TPP(Method):
     a loop that adds it to the loss stays correct; with ``closed_form=False`` the term is
     ``pruner.penalty()``, to be added to the loss (the reference formulation; slower).
     ``regularize()`` also adds ``grad += lambda * w`` on the pruned filters and biases
-    (``weight_reg``) and norm scale/shift (``bn_reg``); not multiplied by ``gram_weight``. Once ``lambda`` reaches ``ceiling``: ``stabilize`` iterations with
-    ``lambda = ceiling``; the ``i``-th regularized group (0-based, module order of its producer)
-    has its pruned slices (filters, biases, norm scale/shift) set to exactly zero at every step
-    once ``t - t_stab >= (i + 1) * stage_interval``. Call ``step()`` after ``optimizer.step()``.
+    (``weight_reg``) and norm scale/shift (``bn_reg``); not multiplied by ``gram_weight``.
+    Once ``lambda`` reaches ``ceiling``: ``stabilize`` iterations with ``lambda = ceiling``; the
+    ``i``-th regularized group (0-based, module order of its producer) has its pruned slices
+    (filters, biases, norm scale/shift) set to exactly zero at every step once
+    ``t - t_stab >= (i + 1) * stage_interval``. Call ``step()`` after ``optimizer.step()``.
     """
 
     name = "tpp"
