@@ -95,21 +95,13 @@ def _meta_structure(tm):
 
 def _input_value(ctx, node, out):
     """Model inputs get atoms of their own, frozen, so what they feed says why it is fixed."""
-    def one(tv):
-        if isinstance(tv, TV) and tv.ndim >= 2:
-            for d in range(1, tv.ndim):
-                if tv.shape[d] > 1:
-                    tv.track[d] = ctx.atoms.new(tv.shape[d])
-                    ctx.atoms.freeze(tv.track[d], f"model input `{node.target}` (input widths never change)")
-        return tv
-    if isinstance(out, tuple):
-        return tuple(one(t) for t in out)
-    return one(out)
+    return _frozen_output(ctx, out, f"model input `{node.target}` (input widths never change)")
 
 
 def _frozen_output(ctx, out, why: str):
-    """An op we cannot see into: its outputs get atoms of their own, frozen for ``why``, so what
-    reads them names it (instead of just meeting a fixed-size tensor)."""
+    """A value whose widths never change (a model input, the output of an op we cannot see
+    into): its dims get atoms of their own, frozen for ``why``, so what reads them names it
+    (instead of just meeting a fixed-size tensor)."""
     def one(v):
         if isinstance(v, TV):
             for d in range(1, v.ndim):  # dim 0 is the batch, or an untracked leading dim
