@@ -35,8 +35,8 @@ from typing import Callable
 from torch import nn
 
 from .graph.registry import FUNCTION_RULES, METHOD_RULES, MODULE_RULES, WIDTH_RULES, load_optional_rules
-from .graph.rules_layers import channel_affine, conv_core, linear_core
-from .graph.rules_tensor import broadcast_track, elementwise, passthrough, reshape
+from .graph.rules.layers import channel_affine, conv_core, linear_core
+from .graph.rules.tensor_ops import broadcast_track, elementwise, passthrough, reshape
 from .graph.values import TV
 
 __all__ = ["register_rule", "unregister_rule", "TV", "passthrough", "elementwise", "broadcast_track", "reshape",

@@ -8,7 +8,7 @@ import torch.fx as fx
 from torch import nn
 
 from .. import trace as _trace
-from . import rules_attention, rules_layers, rules_tensor  # noqa: F401  (registers the rules)
+from . import rules  # noqa: F401  (registers the rules)
 from .context import BuildContext
 from .registry import FUNCTION_RULES, METHOD_RULES, MODULE_RULES, load_optional_rules
 from .values import TV

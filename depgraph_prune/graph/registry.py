@@ -28,7 +28,7 @@ def load_optional_rules() -> None:
     before every build and before every user registration, so a user's rule always wins."""
     if "torchvision" in sys.modules and "torchvision" not in _optional_loaded:
         _optional_loaded.add("torchvision")
-        from . import rules_torchvision  # noqa: F401  (registers on import)
+        from .rules import torchvision  # noqa: F401  (registers on import)
 
 
 def function_rule(*targets):

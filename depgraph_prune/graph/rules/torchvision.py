@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .registry import function_rule
-from .rules_tensor import _arg, passthrough
-from .values import TV, clean_track
+from ..registry import function_rule
+from .tensor_ops import _arg, passthrough
+from ..values import TV, clean_track
 
 try:
     from torchvision.models import swin_transformer as _swin
@@ -66,7 +66,7 @@ if _swin is not None:
 
 
 if _mvit is not None:
-    from .rules_tensor import FREE, reshape
+    from .tensor_ops import FREE, reshape
 
     @function_rule(_mvit._unsqueeze)
     def _mvit_unsqueeze(ctx, node, args, kwargs, out):
@@ -93,7 +93,7 @@ if _mvit is not None:
 
     @function_rule(_mvit._add_shortcut)
     def _mvit_shortcut(ctx, node, args, kwargs, out):
-        from .rules_tensor import broadcast_track
+        from .tensor_ops import broadcast_track
         x, shortcut = args[0], args[1]
         out.track = broadcast_track(ctx, [x, shortcut], out.shape)  # x += shortcut, in place
         return out

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from .registry import module_rule
-from .rules_tensor import _arg
-from .values import TV, clean_track
+from ..registry import module_rule
+from .tensor_ops import _arg
+from ..values import TV, clean_track
 
 
 @module_rule(nn.MultiheadAttention)

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .context import HEAD_WORDS
-from .registry import function_rule, method_rule
-from .values import TV, Opaque, Sym, clean_track
+from ..context import HEAD_WORDS
+from ..registry import function_rule, method_rule
+from ..values import TV, Opaque, Sym, clean_track
 
 
 def tensors(*values):
@@ -381,7 +381,7 @@ def reshape(ctx, x: TV, out: TV, sizes) -> TV:
 
 
 def _constraint(sym: Sym, rep, ctx):
-    from .atoms import Constraint
+    from ..atoms import Constraint
     # new size of the output dim (count of kept rep atoms) == scale * new size of the source dim
     return Constraint(a=np.asarray(sym.atoms).ravel(), b=np.asarray(rep).ravel(), scale=float(sym.scale),
                       reason=f"reshape size read from another tensor's width at {ctx.where()}")

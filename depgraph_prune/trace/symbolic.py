@@ -20,8 +20,8 @@ from torch.fx.passes.shape_prop import _extract_tensor_metadata
 from torch.nn.utils import stateless
 from torch.utils import _pytree as pytree
 
-from ._fast_meta import on_meta, to_meta
-from .errors import TraceError
+from .._fast_meta import on_meta, to_meta
+from ..errors import TraceError
 
 
 def normalize_inputs(example_inputs: Any) -> tuple[tuple, dict]:

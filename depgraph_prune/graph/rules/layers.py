@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .context import KERNEL_DIM
-from .registry import function_rule, module_rule
-from .rules_tensor import _arg, passthrough
-from .values import TV, clean_track
+from ..context import KERNEL_DIM
+from ..registry import function_rule, module_rule
+from .tensor_ops import _arg, passthrough
+from ..values import TV, clean_track
 
 _CONVS = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
 _TCONVS = {nn.ConvTranspose1d: 1, nn.ConvTranspose2d: 2, nn.ConvTranspose3d: 3}
@@ -319,13 +319,13 @@ def _pad(ctx, node, args, kwargs, out):
 
 @module_rule(nn.Flatten)
 def _flatten_module(ctx, node, module, args, kwargs, out):
-    from .rules_tensor import FREE, reshape
+    from .tensor_ops import FREE, reshape
     return reshape(ctx, args[0], out, [FREE] * out.ndim)
 
 
 @module_rule(nn.Unflatten)
 def _unflatten_module(ctx, node, module, args, kwargs, out):
-    from .rules_tensor import FREE, INFER, reshape
+    from .tensor_ops import FREE, INFER, reshape
     x = args[0]
     dim = module.dim % x.ndim
     kinds = [FREE] * dim + [INFER if s == -1 else s for s in module.unflattened_size] + [FREE] * (x.ndim - dim - 1)

@@ -1,0 +1,10 @@
+"""The coupling rules, one module per family; importing this package registers them.
+
+* ``tensor_ops``: elementwise math, broadcasting, reshapes, permutes, cat/split, indexing,
+  reductions, matmul, size arithmetic;
+* ``layers``: convolutions, linear, norms, embeddings, pooling, shuffles, activations;
+* ``attention``: ``nn.MultiheadAttention``;
+* ``torchvision``: functions torchvision wraps with ``torch.fx.wrap`` (loaded lazily, once
+  torchvision is imported: see ``registry.load_optional_rules``).
+"""
+from . import tensor_ops, layers, attention  # noqa: F401  (registers the rules)
