@@ -66,6 +66,7 @@ def apply_plan(graph, plan: Mapping) -> dict:
     if not keeps:
         return {}
     kinds = {(m.name, m.dim): m.kind for m in graph._ctx.members.values()}
+    rescale = _rescales(graph, removed, keeps)
     # ---- build phase -------------------------------------------------------------------------
     by_tensor: dict[str, dict[int, np.ndarray]] = {}
     widths: dict[str, dict[str, int]] = {}
@@ -100,6 +101,7 @@ def apply_plan(graph, plan: Mapping) -> dict:
     # the record is built before anything is touched, so it cannot fail after the commit
     names = _module_names(model) if attr_updates else {}
     record = {"kept": {f"{n}:{d}": idx.tolist() for (n, d), idx in keeps.items()},
+              "rescaled": [[n, d, np.asarray(i).tolist(), f] for n, d, i, f in rescale],
               "attrs": {(f"{n}.{a}" if (n := names.get(id(m), "?")) else a): _jsonable(v)
                         for m, a, v in attr_updates}}
     # ---- commit phase ------------------------------------------------------------------------
@@ -126,6 +128,13 @@ def apply_plan(graph, plan: Mapping) -> dict:
                         old = mod._buffers[attr]
                         mod._buffers[attr] = new
                         undo.append(("buffer", mod, attr, old))
+        with torch.no_grad():
+            for name, dim, idx, factor in rescale:
+                t = getattr(*_resolve(model, name))
+                idx = torch.as_tensor(idx, dtype=torch.long, device=t.device)
+                orig = t.data.index_select(dim, idx)
+                undo.append(("rows", t, dim, idx, orig))
+                t.data.index_copy_(dim, idx, orig * factor)
         for mod, attr, value in attr_updates:
             old = getattr(mod, attr)
             setattr(mod, attr, value)
@@ -140,6 +149,28 @@ def apply_plan(graph, plan: Mapping) -> dict:
         history.remove(record)
         _rollback(undo)
     return {**record, "undo": undo_all}
+
+
+def _rescales(graph, removed, keeps) -> list:
+    """``(tensor, dim, positions in the pruned tensor, factor)`` for the scale fix-ups whose
+    width shrinks (see ``BuildContext.keep_scale``)."""
+    labels = graph._labels
+    out = []
+    for fix in graph._ctx.scale_fixups:
+        w = fix["width"]
+        real = w[w >= 0]
+        n_old = w.size
+        n_new = n_old - int(removed[labels[real]].sum())
+        if n_new == n_old:
+            continue
+        factor = (n_new / n_old) ** fix["power"]
+        for name, dim, positions in fix["tensors"]:
+            kept = keeps.get((name, dim))
+            if kept is None:
+                out.append((name, dim, positions, factor))
+            else:
+                out.append((name, dim, np.nonzero(np.isin(kept, positions))[0], factor))
+    return out
 
 
 def _module_names(model) -> dict[int, str]:
@@ -184,6 +215,10 @@ def _undo_one(entry):
             with torch.no_grad():
                 t.data = _merge(t.detach(), parts)
         t.grad = grad
+    elif entry[0] == "rows":
+        _, t, dim, idx, orig = entry
+        with torch.no_grad():
+            t.data.index_copy_(dim, idx, orig)
     elif entry[0] == "buffer":
         _, mod, attr, old = entry
         mod._buffers[attr] = old

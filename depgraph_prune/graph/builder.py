@@ -117,8 +117,13 @@ def _frozen_output(ctx, out, why: str):
 
 def _get_attr(ctx, node, out, canonical):
     obj = ctx.model
-    for part in node.target.split("."):
-        obj = getattr(obj, part)
+    try:
+        for part in node.target.split("."):
+            obj = getattr(obj, part)
+    except AttributeError:
+        # a constant fx made of a tensor forward computed from no module attribute (a
+        # `torch.tensor(...)` literal): its values are data and its sizes are fixed
+        return TV(tuple(out.shape), {}) if isinstance(out, TV) else None
     if not isinstance(obj, torch.Tensor):
         return None
     name = canonical.get(id(obj), node.target)

@@ -47,22 +47,29 @@ class BuildContext:
     modules: dict[str, nn.Module]
     atoms: AtomTable = field(default_factory=AtomTable)
     members: dict[tuple[str, int], Member] = field(default_factory=dict)
-    normalizing: list[np.ndarray] = field(default_factory=list)
+    #: channel-normalizing sites: (atoms, where, affine_norm). ``affine_norm``: the site is a
+    #: layer/group/RMS norm call, which verification can run as its affine part alone
+    normalizing: list[tuple[np.ndarray, str, bool]] = field(default_factory=list)
     node: fx.Node | None = None
     canonical: dict = field(default_factory=dict)
     output_structure: object = None
     opaque: dict = field(default_factory=dict)
     #: how nn.MultiheadAttention shrinks: "heads" (whole heads) or "head_dim" (every head's width)
     attention: str = "heads"
+    #: rows to rescale when a width that a module turns into a value shrinks (attention's
+    #: 1/sqrt(head_dim)): {"width": atoms, "power": p, "tensors": [(name, dim, positions)]}
+    scale_fixups: list = field(default_factory=list)
 
     def snapshot(self):
         a = self.atoms
-        return (a.n, len(a._edges), len(a.freezes), len(a.constraints), dict(self.members), len(self.normalizing))
+        return (a.n, len(a._edges), len(a.freezes), len(a.constraints), dict(self.members), len(self.normalizing),
+                len(self.scale_fixups))
 
     def restore(self, snap) -> None:
         a = self.atoms
         a.n = snap[0]
         del a._edges[snap[1]:], a.freezes[snap[2]:], a.constraints[snap[3]:], self.normalizing[snap[5]:]
+        del self.scale_fixups[snap[6]:]
         self.members = snap[4]
 
     # -- reasons ---------------------------------------------------------------------------
@@ -132,6 +139,19 @@ class BuildContext:
             if hits:
                 return None
         return None
+
+    def keep_scale(self, width: np.ndarray, tensors, power: float = 0.5) -> None:
+        """``tensors`` (``(name, dim, positions)``) get multiplied by ``(new/old) ** power`` of the
+        width ``width`` when it shrinks: attention that divides by ``sqrt(head_dim)`` keeps its
+        logits when its q rows are scaled by ``sqrt(new head_dim / old)``."""
+        self.scale_fixups.append({"width": np.asarray(width), "power": power,
+                                  "tensors": [(n, d, np.asarray(p)) for n, d, p in tensors]})
+
+    def normalizes(self, atoms: np.ndarray, affine_norm: bool = False) -> None:
+        """These positions meet an op whose output on the other positions depends on how many
+        there are (layer/RMS/group norm over channels, softmax, a mean): zeroing them is not the
+        same as removing them, so verification cannot compare those groups exactly as they are."""
+        self.normalizing.append((np.asarray(atoms), self.where(), affine_norm))
 
     # -- couplings ---------------------------------------------------------------------------
     def union(self, a: np.ndarray, b: np.ndarray, why: str = "coupled") -> None:

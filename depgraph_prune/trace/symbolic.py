@@ -69,6 +69,9 @@ class _Attribute(_SequenceLength, fx.proxy.Attribute):
 class _Tracer(fx.Tracer):
     def __init__(self, leaf_types: tuple[type, ...], leaf_names: frozenset[str], meta_args: tuple = ()):
         super().__init__()
+        # buffers become get_attr nodes (not constants folded from their values), so the rules
+        # see them and the surgeon can slice them (FrozenBatchNorm2d, `self.slopes * self.dist`)
+        self.proxy_buffer_attributes = True
         self._meta_args = meta_args
         self._evaluating = False
         self.decided: list[str] = []  # nodes whose concrete value decided an `if`/`assert`
