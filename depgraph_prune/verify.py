@@ -377,9 +377,19 @@ def masked(model: nn.Module, removed: dict, base: dict | None = None):
                 t.index_fill_(dim, idx, 0)
         yield None
     finally:
+        failed = []
         with torch.no_grad():
             for t, dim, idx, values in reversed(saved):
-                t.index_copy_(dim, idx, values)
+                for attempt in range(2):  # an in-place copy into existing memory: retry once, then say so
+                    try:
+                        t.index_copy_(dim, idx, values)
+                        break
+                    except Exception as exc:
+                        if attempt:
+                            failed.append(exc)
+        if failed:
+            raise SurgeryError(f"verification could not restore {len(failed)} masked slice(s) of the model "
+                               f"({failed[0]}): the model is not intact")
 
 
 def pruned_state(model: nn.Module, dtype, base: dict, removed: dict, excite: bool,
@@ -470,11 +480,17 @@ class _Checker:
                 probe.mode = "check"
                 state = (pruned_state(model, self.dtype, base, removed, excite, (record or {}).get("rescaled", ()))
                          if self.dtype is not None else None)
-                out = run(model, inputs, self.dtype, state, affine_norms, probe)
+                try:
+                    out = run(model, inputs, self.dtype, state, affine_norms, probe)
+                except Exception:  # the pruned model does not even run: as wrong as can be
+                    diff = float("inf")
+                    break
                 self.report.runs += 1
                 diff = max(diff, compare(ref, out), probe.worst)
-        except Exception:
-            diff = float("inf")
+        except BaseException:  # our own failure (not the model's): undo, then report it
+            if record:
+                record["undo"]()
+            raise
         del refs
         if keep and diff <= self.tol:
             return diff, record

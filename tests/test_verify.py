@@ -205,3 +205,54 @@ def test_compare_structure_and_nonfinite():
     assert V.compare((a,), (a, a)) == float("inf")
     assert V.compare(torch.tensor([1, 2]), torch.tensor([1, 3])) == float("inf")
     assert V.compare(torch.tensor([2.0, 4.0]), torch.tensor([2.0, 4.4])) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_a_failure_anywhere_in_a_verified_prune_leaves_the_model_intact(monkeypatch, native):
+    """Inject a failure at the k-th torch call of a verified multi-group prune: either it raises
+    and the model is bit-identical, or the model that comes out is a correct (verified) one."""
+    from torch.overrides import TorchFunctionMode
+
+    class FailAt(TorchFunctionMode):
+        def __init__(self, k):
+            super().__init__()
+            self.k, self.n = k, 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if "grad_enabled" not in getattr(func, "__name__", ""):
+                self.n += 1
+                if self.n == self.k:
+                    raise RuntimeError(f"injected failure at torch call {self.k}")
+            return func(*args, **(kwargs or {}))
+
+    if native:
+        monkeypatch.setattr(V, "F64_LIMIT", 0)
+
+    def fresh():
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+        return m, torch.randn(1, 3, 6, 6)
+
+    m, x = fresh()
+    graph = dp.build_graph(m, x)
+    count = FailAt(10 ** 9)
+    with count:
+        graph.prune({g: [0, 3] for g in graph.prunable_groups})
+    n = count.n
+    assert n > 50
+    for k in sorted(set(range(1, n + 1, max(1, n // 40))) | {n}):
+        m, x = fresh()
+        graph = dp.build_graph(m, x)
+        snap = _state(m)
+        try:
+            with FailAt(k):
+                graph.prune({g: [0, 3] for g in graph.prunable_groups})
+        except Exception as exc:
+            assert "injected failure" in str(exc) or isinstance(exc.__cause__, RuntimeError), exc
+            assert _same(snap, _state(m)), f"failure at call {k} left the model changed"
+            continue
+        # no exception: whatever was pruned passed the check; the model runs at its new widths
+        assert m(x).shape == (1, 4, 6, 6)
+        frozen = [g for g in graph.groups if g.verify_reason]
+        assert m[0].out_channels == (8 if any(g.members[0].name.startswith("0.") for g in frozen) else 6)

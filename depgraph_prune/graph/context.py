@@ -1,6 +1,7 @@
 """State shared by the coupling rules while the graph is built."""
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -13,13 +14,15 @@ from .atoms import AtomTable
 from .values import TV, Opaque, Sym
 
 
+# frames inside torch and inside this package (the tracer's hooks) are not the user's line
+_NOT_USER = (os.path.dirname(torch.__file__) + os.sep,
+             os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep)
 _FRAME = re.compile(r'File "([^"]+)", line \d+, in [^\n]*\n\s*([^\n]*)')
 
 
 def _source_attributes(stack_trace: str) -> set[str] | None:
     """``self.<name>`` attributes on the user's source line that created a node."""
-    frames = [(f, code) for f, code in _FRAME.findall(stack_trace)
-              if "/torch/fx/" not in f and "/torch/nn/modules/module.py" not in f and "/torch/_" not in f]
+    frames = [(f, code) for f, code in _FRAME.findall(stack_trace) if not f.startswith(_NOT_USER)]
     return set(re.findall(r"self\.(\w+)", frames[-1][1])) if frames else None
 
 
@@ -59,6 +62,8 @@ class BuildContext:
     #: rows to rescale when a width that a module turns into a value shrinks (attention's
     #: 1/sqrt(head_dim)): {"width": atoms, "power": p, "tensors": [(name, dim, positions)]}
     scale_fixups: list = field(default_factory=list)
+    #: modules with forward hooks fx cannot see (name -> why): everything they compute is frozen
+    hooked: dict = field(default_factory=dict)
 
     def snapshot(self):
         a = self.atoms
@@ -124,16 +129,18 @@ class BuildContext:
         ``value`` and named like a width; None when there is none or it is ambiguous."""
         stack = self.node.meta.get("nn_module_stack") or {}
         paths = [""] + [v[0] if isinstance(v, tuple) else k for k, v in stack.items()]
-        # attributes named on the source line that made this node (when fx recorded it)
+        # Evidence that the constant came from the attribute: the source line that made this node
+        # names it. A literal `reshape(B, 16, -1)` equal to an unrelated `self.embed_dim = 16` is
+        # not bound (its dim stays fixed), nor is anything when fx recorded no source line.
         named = _source_attributes(self.node.stack_trace or "")
+        if not named:
+            return None
         for path in reversed(paths):
             mod = self.modules.get(path)
             if mod is None:
                 continue
             hits = [a for a, v in vars(mod).items() if type(v) is int and v == value
-                    and not a.startswith("_") and any(w in a for w in words)]
-            if named:
-                hits = [a for a in hits if a in named]
+                    and not a.startswith("_") and any(w in a for w in words) and a in named]
             if len(hits) == 1:
                 return path, hits[0]
             if hits:

@@ -243,12 +243,27 @@ def structural_copy(model: nn.Module) -> nn.Module:
                 state[k] = type(v)((n, tensor(t)) for n, t in v.items())
             elif k == "_modules":
                 state[k] = type(v)((n, None if c is None else module(c)) for n, c in v.items())
+            elif k in _FORWARD_HOOK_DICTS:
+                # user hooks must not run on the analysis copy (their side effects would reach the
+                # user's objects with meta tensors); the modules they sit on are frozen instead.
+                # Weight-norm's pre-hook computes the weight, so it stays.
+                state[k] = OrderedDict((i, h) for i, h in v.items() if _computes_weights(h))
             else:
                 state[k] = v.copy() if type(v) is OrderedDict else value(v)  # hook dicts and the like
         object.__setattr__(out, "__dict__", state)
         return out
 
     return module(model)
+
+
+_FORWARD_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
+                       "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called")
+
+
+def _computes_weights(hook) -> bool:
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+    return isinstance(hook, (WeightNorm, SpectralNorm))
 
 
 _PLAIN: dict[type, bool] = {}
