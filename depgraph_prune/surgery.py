@@ -93,6 +93,10 @@ def apply_plan(graph, plan: Mapping) -> dict:
     for tid in new_tensors:
         for mod, attr, mod_name in holders.get(tid, []):
             touched_modules[id(mod)] = (mod, mod_name)
+            if ".parametrizations." in f".{mod_name}":  # the module whose weight it parametrizes
+                owner = mod_name.rpartition("parametrizations.")[0].rstrip(".")
+                omod = model.get_submodule(owner) if owner else model
+                touched_modules[id(omod)] = (omod, owner)
     for owner in widths:
         mod = model.get_submodule(owner) if owner else model
         touched_modules[id(mod)] = (mod, owner)
@@ -267,7 +271,13 @@ def _new(mod, attr, new_tensors):
 
 def _width_attrs(mod: nn.Module, name: str, new_tensors, widths: dict[str, int]):
     """New values of the attributes that describe a module's widths."""
-    w = _new(mod, "weight", new_tensors)
+    from .graph.context import _get, _reparametrized
+    reparam = _reparametrized(mod, "weight") if isinstance(mod, nn.Module) else None
+    if reparam is not None and reparam[1] is not None:  # weight norm: the weight has v's shape
+        holder, _, attr = reparam[1].rpartition(".")
+        w = _new(_get(mod, holder) if holder else mod, attr, new_tensors)
+    else:
+        w = _new(mod, "weight", new_tensors)
     ups = []
     if isinstance(mod, nn.modules.conv._ConvNd):
         g = mod.groups

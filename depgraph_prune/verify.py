@@ -301,8 +301,9 @@ def _removed_positions(graph, plan) -> dict[str, dict[int, torch.Tensor]]:
     kinds = {(m.name, m.dim): m.kind for m in graph._ctx.members.values()}
     sizes = {(m.name, m.dim): m.atoms.size for m in graph._ctx.members.values()}
     out: dict[str, dict[int, torch.Tensor]] = {}
+    no_mask = graph._ctx.no_mask
     for (name, dim), kept in keeps.items():
-        if kinds[(name, dim)] == "width":
+        if kinds[(name, dim)] == "width" or (name, dim) in no_mask:
             continue
         drop = np.setdiff1d(np.arange(sizes[(name, dim)]), kept)
         out.setdefault(name, {})[dim] = torch.as_tensor(drop, dtype=torch.long)

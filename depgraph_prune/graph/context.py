@@ -64,6 +64,8 @@ class BuildContext:
     scale_fixups: list = field(default_factory=list)
     #: modules with forward hooks fx cannot see (name -> why): everything they compute is frozen
     hooked: dict = field(default_factory=dict)
+    #: (tensor, dim) whose removed slices the masked model must not zero (see ``_reparam_tv``)
+    no_mask: set = field(default_factory=set)
 
     def snapshot(self):
         a = self.atoms
@@ -106,6 +108,9 @@ class BuildContext:
     def param_tv(self, module_name: str, pname: str, dims: tuple[int, ...]) -> TV | None:
         """A module's parameter as a TV with only ``dims`` tracked (None if it has no such tensor)."""
         mod = self.modules[module_name]
+        reparam = _reparametrized(mod, pname)
+        if reparam is not None:
+            return self._reparam_tv(module_name, mod, pname, dims, *reparam)
         t = getattr(mod, pname, None)
         if not isinstance(t, torch.Tensor):
             return None
@@ -114,6 +119,33 @@ class BuildContext:
         kind = "param" if isinstance(t, nn.Parameter) else "buffer"
         track = {d: self.tensor_atoms(qual, d, t.shape[d], kind) for d in dims if t.dim() > d}
         return TV(tuple(t.shape), track, origin=qual)
+
+    def _reparam_tv(self, module_name, mod, pname, dims, kind, v_path, g_path, g_dim):
+        """A weight computed from other tensors: weight norm (``g * v / ||v||``, the norm over
+        every dim but ``g_dim``) slices ``v`` like the weight and ``g`` along ``g_dim``: zeroed
+        entries of ``v`` do not change the norms, so removing them preserves the function.
+        Any other parametrization freezes the weight's channels."""
+        prefix = f"{module_name}." if module_name else ""
+        shape = tuple(getattr(mod, pname).shape)
+        if kind != "weight_norm":
+            track = {}
+            for d in dims:
+                if d < len(shape):
+                    track[d] = self.atoms.new(shape[d])
+                    self.atoms.freeze(track[d], f"`{prefix}{pname}` is computed by {kind}, which has no rule")
+            return TV(shape, track, origin=None)
+        v_t = self.model.get_submodule(module_name) if module_name else self.model
+        v_qual = self.canonical.get(id(_get(v_t, v_path)), prefix + v_path)
+        g_t = _get(v_t, g_path)
+        g_qual = self.canonical.get(id(g_t), prefix + g_path)
+        track = {d: self.tensor_atoms(v_qual, d, shape[d], "param") for d in dims if d < len(shape)}
+        if g_dim is not None and g_dim in track and g_t.dim() > g_dim and g_t.shape[g_dim] == shape[g_dim] > 1:
+            self.atoms.union(self.tensor_atoms(g_qual, g_dim, shape[g_dim], "param"), track[g_dim],
+                             f"weight norm of `{prefix}{pname}`")
+            # a slice of v along g's dim is normalized on its own: zeroed it would be 0/0. The
+            # masked model zeroes g there instead (the weight's slice is then exactly zero)
+            self.no_mask.add((v_qual, g_dim))
+        return TV(shape, track, origin=v_qual)
 
     def canonical_name(self, qualname: str) -> str:
         obj = self.model
@@ -176,6 +208,33 @@ class BuildContext:
         for d in dims:
             if tv.tracked(d):
                 self.atoms.freeze(tv.track[d % tv.ndim], reason)
+
+
+def _get(obj, path: str):
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _reparametrized(mod: nn.Module, pname: str):
+    """``(kind, v path, g path, g dim)`` when ``mod.<pname>`` is computed from other tensors:
+    ``torch.nn.utils.parametrizations.weight_norm``, the legacy ``nn.utils.weight_norm`` hook, or
+    another parametrization (kind names it; paths None)."""
+    from torch.nn.utils import parametrize
+    from torch.nn.utils.weight_norm import WeightNorm
+    if parametrize.is_parametrized(mod, pname):
+        plist = mod.parametrizations[pname]
+        if len(plist) == 1 and type(plist[0]).__name__ == "_WeightNorm":
+            dim = plist[0].dim
+            return ("weight_norm", f"parametrizations.{pname}.original1", f"parametrizations.{pname}.original0",
+                    None if dim is None else dim % getattr(mod, pname).dim())
+        return (f"the parametrization {', '.join(type(p).__name__ for p in plist)}", None, None, None)
+    for h in mod._forward_pre_hooks.values():
+        if isinstance(h, WeightNorm) and h.name == pname:
+            dim = h.dim
+            return ("weight_norm", f"{pname}_v", f"{pname}_g",
+                    None if dim is None else dim % getattr(mod, f"{pname}_v").dim())
+    return None
 
 
 def _leaves(value):
