@@ -403,7 +403,8 @@ def cmd_prune(args) -> int:
                       global_ranking=args.global_ranking, max_ratio=args.max_ratio,
                       target_speedup=args.target_speedup, round_to=args.round_to, min_channels=args.min_channels,
                       steps=args.steps, progress=args.steps > 1 and not args.json, ignored_layers=ignored,
-                      leaf_modules=leaves, attention=args.attention, **({"frozen": frozen} if frozen else {})))
+                      leaf_modules=leaves, attention=args.attention, verify=args.verify,
+                      **({"frozen": frozen} if frozen else {})))
     lat_after = measure_latency(model, x, args.repeat) if args.latency else None
     if args.plot:
         _plot(lambda: __import__("depgraph_prune.viz", fromlist=["plot_widths"]).plot_widths(
@@ -425,6 +426,10 @@ def cmd_prune(args) -> int:
                "widths": [{"name": n, "before": a, "after": b} for n, a, b in result.widths],
                "frozen": [{"name": n, "channels": c, "reason": r} for n, c, r in result.frozen],
                "notes": list(result.notes),
+               "verification": [{"dtype": v.dtype, "tolerance": v.tolerance, "max_diff": v.max_diff,
+                                 "exact_groups": v.exact, "structural_groups": len(v.structural),
+                                 "frozen": {str(k): r for k, r in v.guilty.items()}, "skipped": v.skipped}
+                                for v in result.verification],
                "latency_ms": None if lat_before is None else
                {"before": lat_before, "after": lat_after, "speedup": lat_before / max(lat_after, 1e-12),
                 "threads": 1, "repeat": args.repeat},
@@ -617,6 +622,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--round-to", type=_positive_int, help="kept channel counts are multiples of this")
     pr.add_argument("--min-channels", type=_positive_int, default=1, help="keep at least this many channels per group")
     pr.add_argument("--steps", type=_positive_int, default=1, help="reach the target in this many rounds")
+    pr.add_argument("--no-verify", dest="verify", action="store_const", const=False, default=True,
+                    help="skip the numerical check of the surgery (by default the pruned model is compared with "
+                         "the original whose removed channels are zeroed; groups that fail are kept)")
+    pr.add_argument("--verify-raise", dest="verify", action="store_const", const="raise",
+                    help="fail instead of keeping the groups whose removal changes the output")
     pr.add_argument("--latency", action="store_true", help="also measure CPU latency before and after "
                                                            "(median, 1 thread)")
     pr.add_argument("--repeat", type=_positive_int, default=10, help="timed runs per latency measurement (default 10)")

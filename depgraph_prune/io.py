@@ -503,6 +503,8 @@ def load(path, model: nn.Module, *, example_inputs: Any = None) -> nn.Module:
                 grad = surgery._slice(t.grad, dims) if dims else t.grad
             new_tensors[tid] = (t, new, grad)
 
+    replay = _ReplayCheck(model, slots, positions, record, example_inputs) if example_inputs is not None else None
+
     # ---- commit phase ------------------------------------------------------------------------------
     undo = []
     old_history = model.__dict__.get(_HISTORY_ATTR, _MISSING)
@@ -529,6 +531,11 @@ def load(path, model: nn.Module, *, example_inputs: Any = None) -> nn.Module:
             problem = surgery.check_runs(model, example_inputs, None)
             if problem:
                 raise ModelMismatchError(f"load: the loaded model does not run on example_inputs ({problem})")
+            problem = replay.check(model)
+            if problem:
+                raise ModelMismatchError(f"load: the pruning record does not replay to a function-preserving "
+                                         f"prune of this {type(model).__name__} ({problem}): the file was saved "
+                                         "from a different architecture")
     except Exception as exc:
         _restore_history(model, old_history)
         surgery._rollback(undo)
@@ -536,6 +543,98 @@ def load(path, model: nn.Module, *, example_inputs: Any = None) -> nn.Module:
             raise exc.__class__(f"{exc}; the model was restored") from exc
         raise LoadError(f"load failed while committing ({type(exc).__name__}: {exc}); the model was restored") from exc
     return model
+
+
+class _ReplayCheck:
+    """The numerical check of :mod:`depgraph_prune.verify`, for a replayed record: this model's
+    own weights with the record's removed positions zeroed must compute what the same weights,
+    sliced as the record says and placed in the replayed model, compute. Made on the model's
+    weights before the file's are loaded; the file's weights themselves are not involved."""
+
+    def __init__(self, model, slots, positions, record, example_inputs):
+        from . import verify
+        self.inputs = example_inputs
+        self.dtype = verify.choose_dtype(model)
+        base = verify.base_state(model, self.dtype) if self.dtype is not None else \
+            {n: t.detach() for n, t in slots.items()}
+        removed, sliced = {}, {}
+        for name, t in slots.items():
+            dims = {d: pos for (tid, d), pos in positions.items() if tid == id(t)}
+            if not dims:
+                continue
+            out = base[name]
+            for d, pos in sorted(dims.items()):
+                removed.setdefault(name, {})[d] = torch.as_tensor(np.setdiff1d(np.arange(t.shape[d]), pos))
+                out = out.index_select(d, torch.as_tensor(pos, dtype=torch.long, device=out.device))
+            sliced[name] = out
+        _apply_rescales(record, sliced)
+        self.affine, self.skip = self._classify(model, example_inputs, removed)
+        self.state = {**base, **sliced}
+        if self.skip:
+            return
+        self.probe = verify.Probe(model, removed)
+        with verify.masked(model, removed, base if self.dtype is not None else None) as state:
+            self.ref = verify.run(model, example_inputs, self.dtype, state, self.affine, self.probe)
+
+    @staticmethod
+    def _classify(model, example_inputs, removed):
+        """Whether the removed channels reach layer/group/RMS norms (checked with affine norms) or
+        other channel-normalizing ops (then only the run check applies), from this model's graph."""
+        from . import verify
+        from .graph import DependencyGraph
+        try:
+            graph = DependencyGraph(model, example_inputs)
+        except Exception as exc:  # the run check still applies
+            return False, f"the model's graph could not be built ({type(exc).__name__}: {exc})"
+        comp_group = np.full(graph._ncomp, -1, dtype=np.int64)
+        for g in graph.groups:
+            comp_group[g._comps] = g.index
+        hit = set()
+        for name, dims in removed.items():
+            for d, drop in dims.items():
+                m = graph._ctx.members.get((graph._ctx.canonical_name(name), d))
+                if m is None:
+                    continue
+                atoms = m.atoms[drop.numpy()]
+                atoms = atoms[atoms >= 0]
+                hit |= set(np.unique(comp_group[graph._labels[atoms]]).tolist()) - {-1}
+        groups = [g for g in graph.groups if g.index in hit]
+        _, affine, structural = verify.classify(graph, groups)
+        if structural:
+            return False, next(iter(structural.values()))
+        return bool(affine), None
+
+    def check(self, model) -> str | None:
+        from . import verify
+        if self.skip:
+            import warnings
+            warnings.warn(f"load: the replayed record was checked by running the model, not numerically "
+                          f"(removed channels {self.skip})", stacklevel=3)
+            return None
+        self.probe.mode = "check"
+        try:
+            out = verify.run(model, self.inputs, self.dtype, self.state, self.affine, self.probe)
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+        diff = max(verify.compare(self.ref, out), self.probe.worst)
+        tol = verify.TOLERANCE.get(self.dtype or verify.model_dtype(model), 1e-4)
+        return None if diff <= tol else f"max relative diff {diff:.3g} against the masked original"
+
+
+def _apply_rescales(record, sliced):
+    """Apply each surgery's row rescaling (``record[i]["rescaled"]``, positions in the tensor as
+    that surgery left it) to the finally sliced tensors, following the later surgeries' cuts."""
+    for i, entry in enumerate(record):
+        for name, dim, idx, factor in entry.get("rescaled", []):
+            pos = np.asarray(idx, dtype=np.int64)
+            for later in record[i + 1:]:
+                kept = later["kept"].get(f"{name}:{dim}")
+                if kept is not None:
+                    pos = np.nonzero(np.isin(np.asarray(kept), pos))[0]
+            if name in sliced and pos.size:
+                t = sliced[name] = sliced[name].clone()
+                ix = torch.as_tensor(pos, dtype=torch.long, device=t.device)
+                t.index_copy_(dim, ix, t.index_select(dim, ix) * factor)
 
 
 _MISSING = object()

@@ -84,6 +84,18 @@ def test_prune_json_with_options(capsys):
     assert any("ignored_layers" in f["reason"] for f in report["frozen"])
 
 
+def test_prune_verifies_by_default_and_says_so(capsys):
+    code, out, err = run(["prune", *SMALL, "--ratio", "0.5"], capsys)
+    assert code == 0, err
+    assert "verified:" in out and "exact" in out
+    code, out, err = run(["prune", *SMALL, "--ratio", "0.5", "--json"], capsys)
+    ver = json.loads(out)["verification"]
+    assert len(ver) == 1 and ver[0]["exact_groups"] > 0 and ver[0]["max_diff"] <= ver[0]["tolerance"]
+    code, out, err = run(["prune", *SMALL, "--ratio", "0.5", "--json", "--no-verify"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["verification"] == []
+
+
 def test_prune_target_speedup_and_stage_list(capsys):
     code, out, err = run(["prune", *SMALL, "--target-speedup", "2", "--json"], capsys)
     assert code == 0, err

@@ -599,10 +599,13 @@ class RegularizedPruner:
         self.progress = False
 
     # -- surgery -------------------------------------------------------------------------------------------
-    def prune(self) -> PruneResult:
+    def prune(self, *, verify=True) -> PruneResult:
         """Remove ``S_p`` of every regularized group from the model (in place, through the
         engine) and return a :class:`~depgraph_prune.prune.PruneResult`. GReg-2 before its pick and
-        GrowingReg choose ``S_p`` now, on the current weights. Build a new optimizer afterwards."""
+        GrowingReg choose ``S_p`` now, on the current weights. Build a new optimizer afterwards.
+
+        ``verify`` as in :func:`depgraph_prune.prune`: the surgery is checked numerically; a
+        group whose removal changes the output is kept (``result.verification`` says which)."""
         self._check_live("prune")
         self._close_bar()
         if not self.done and self.method.warn_if_not_done:
@@ -617,15 +620,21 @@ class RegularizedPruner:
         plan = {gs.group: list(gs.pruned) for gs in self._groups if gs.pruned}
         inputs = _to_device(self.example_inputs, self._device())
         before = count_ops(self.model, inputs)
-        widths = [width_row(g, c) for g, c in plan.items()]
-        record = self.graph.prune(plan) if plan else {}
+        record = self.graph.prune(plan, verify=verify) if plan else {}
+        report = getattr(self.graph, "last_verification", None)
+        guilty = report.guilty if report is not None else {}
+        widths = [width_row(g, c) for g, c in plan.items() if g.index not in guilty]
         self.method.after_prune(self)
         after = count_ops(self.model, inputs)
         self.phase = "pruned"
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        return _make_result(before, after, widths, record, list(getattr(self.graph, "notes", []) or []))
+        notes = list(getattr(self.graph, "notes", []) or []) + (report.notes() if report is not None else [])
+        result = _make_result(before, after, widths, record, notes)
+        if report is not None and hasattr(result, "verification"):
+            result.verification = [report]
+        return result
 
     def _check_structure(self) -> None:
         for gs in self._groups:
