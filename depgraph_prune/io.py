@@ -249,16 +249,17 @@ def _module_tensors(model: nn.Module):
                 yield prefix + attr, mod, attr, t, True, attr not in mod._non_persistent_buffers_set
 
 
-def save(model: nn.Module, path, *, container: str = "auto", sparse="auto") -> None:
+def save(model: nn.Module, path, *, container: str = "auto", sparse="masked") -> None:
     """Write ``model``'s pruning record and weights (parameters and buffers, non-persistent
     buffers included) to ``path``; reload with :func:`load` into a fresh, unpruned model.
 
     The file is written to a temporary name next to ``path`` and renamed when complete.
     ``container``: ``"auto"`` (safetensors if installed, else torch), ``"safetensors"`` or ``"torch"``.
-    ``sparse``: ``"auto"`` stores masked parameters (:func:`depgraph_prune.sparsify`) and
-    parameters with at least half exact zeros compactly (nonzero values plus a bitmap), and the
-    masks with them; ``"masked"`` only the masked ones; ``False`` every tensor dense (masks
-    are then not saved). See :func:`_sparse_pack`.
+    ``sparse``: ``"masked"`` (default) stores the masked parameters (:func:`depgraph_prune.sparsify`)
+    compactly, nonzero values plus a bitmap, and their masks with them (an unmasked model's file
+    is unchanged); ``"auto"`` also packs unmasked parameters with at least half exact zeros (64
+    entries or more; e.g. after :func:`~depgraph_prune.remove_masks`); ``False`` writes every
+    tensor dense and drops the masks. See :func:`_sparse_pack`.
     """
     if not isinstance(model, nn.Module):
         raise PruningError(f"save: model must be an nn.Module, got {type(model).__name__}")
