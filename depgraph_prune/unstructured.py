@@ -436,7 +436,9 @@ def sparsify(model: nn.Module, sparsity=0.8, importance: str | Callable = "magni
         importance: ``"magnitude"`` (``|w|``) or a callable ``(name, weight) -> scores``.
         scope: ``"layer"`` (every tensor loses ``ceil(s n)`` of its weights, keeping at least one)
             or ``"global"`` (one ranking over all chosen tensors).
-        layers / ignored_layers: see :func:`prunable_weights`.
+        layers: which tensors (default: every conv and linear ``weight``); module names, fnmatch
+            patterns, modules or qualified parameter names (see :func:`prunable_weights`).
+        ignored_layers: tensors left out, in the same forms.
         optimizer: if given, :func:`keep_masks` is attached to it.
 
     Returns a :class:`Sparsity` report. Sparsifying again adds to the existing masks (a weight

@@ -2,8 +2,8 @@
 shape of Table 4 of "Neural Pruning via Growing Regularization", Wang et al., ICLR 2021), on
 scikit-learn's digits.
 
-Model: the small digits CNN (``digits_cnn(width=32)``: three 3x3 convs with BN, global pooling, a
-linear classifier; 92,448 conv/linear weights) on the native 8x8 images. Sparsity: the same
+Model: the small digits CNN (``digits_cnn()``, width 16: three 3x3 convs with BN, global pooling, a
+linear classifier; 23,824 conv/linear weights) on the native 8x8 images. Sparsity: the same
 fraction ``s`` of the weights of *every* conv and linear layer, classifier included (the official
 code's local per-layer ratio), ``ceil(s * n)`` weights per layer chosen by ``|w|``.
 
@@ -52,22 +52,22 @@ def parse(argv):
     p.add_argument("--out", default=C.DEFAULT_OUT, help="directory of the result JSON and plot")
     p.add_argument("--sparsities", type=float, nargs="+", default=[0.8, 0.9, 0.95])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--width", type=int, default=32)
+    p.add_argument("--width", type=int, default=16)
     p.add_argument("--pretrain-epochs", type=int, default=30)
     p.add_argument("--pretrain-lr", type=float, default=0.1)
-    p.add_argument("--ft-epochs", type=int, default=10)
+    p.add_argument("--ft-epochs", type=int, default=8)
     p.add_argument("--ft-lr", type=float, default=0.01)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--wd", type=float, default=5e-4)
     # GReg (published: LR 1e-3, delta 1e-4 every K_u = 5-10 iterations up to 1, stabilize 1e4-4e4,
     # GReg-2 pick: 1e-5 up to 1e-2): compressed so that lr * sum(lambda) over the run is of the same order
     p.add_argument("--reg-lr", type=float, default=0.01)
-    p.add_argument("--delta", type=float, default=0.025)
+    p.add_argument("--delta", type=float, default=0.05)
     p.add_argument("--interval", type=int, default=1)
-    p.add_argument("--ceiling", type=float, default=10.0)
+    p.add_argument("--ceiling", type=float, default=5.0)
     p.add_argument("--early-stop", type=float, default=1000.0)
-    p.add_argument("--stabilize", type=int, default=100)
-    p.add_argument("--pick-delta", type=float, default=2.5e-4)
+    p.add_argument("--stabilize", type=int, default=50)
+    p.add_argument("--pick-delta", type=float, default=5e-4)
     p.add_argument("--pick-ceiling", type=float, default=0.05)
     p.add_argument("--kept-penalty", type=float, default=-1e-4)
     C.add_output_args(p)

@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import math
 import warnings
 from typing import Any, Callable, Iterable
@@ -735,3 +736,12 @@ class RegularizedPruner:
         self.separation = {k: [list(r) for r in v] for k, v in state.get("separation", {}).items()}
         for gs in self._groups:
             self.separation.setdefault(gs.producer, [])
+
+
+def _init_signature(cls) -> inspect.Signature:
+    """The constructor's signature for ``inspect`` / ``help()`` (``__new__`` only dispatches)."""
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    return inspect.Signature(params)
+
+
+RegularizedPruner.__signature__ = _init_signature(RegularizedPruner)

@@ -37,7 +37,7 @@ from torch import nn
 from ..errors import PruningError
 from .. import unstructured as _sp
 from .methods import TPP, GReg1, GReg2, GrowingReg, OneShot, OrthP
-from .pruner import RegularizedPruner
+from .pruner import RegularizedPruner, _init_signature
 
 __all__ = ["WeightRegularizedPruner"]
 
@@ -221,11 +221,13 @@ class WeightRegularizedPruner(RegularizedPruner):
         scope: ``"layer"`` (each tensor loses ``ceil(s n)``, the official GReg code) or
             ``"global"`` (one magnitude ranking over all chosen tensors, made when ``S_p`` is
             chosen: at construction for GReg-1, at the pick for GReg-2).
-        layers, ignored_layers: which tensors (see :func:`depgraph_prune.unstructured.prunable_weights`).
+        layers: which tensors (see :func:`depgraph_prune.unstructured.prunable_weights`).
+        ignored_layers: tensors left out.
         importance: ``"magnitude"`` (``"l1"`` is the same for one weight) or a callable
             ``(name, weight) -> scores``.
-        progress, record_separation, log_hook: as for channels; the separation recorded is
-            ``std / mean`` of ``|w|`` of each tensor.
+        progress: a tqdm bar, as for channels.
+        record_separation: record ``(t, max lambda, std / mean of |w|)`` of each tensor per update.
+        log_hook: as for channels.
 
     Example:
         >>> import torch, depgraph_prune as dp
@@ -437,3 +439,6 @@ class WeightRegularizedPruner(RegularizedPruner):
         base = super().state_digest(include_weights, include_buffers) if (include_weights or include_buffers) else ""
         h.update(base.encode())
         return h.hexdigest()
+
+
+WeightRegularizedPruner.__signature__ = _init_signature(WeightRegularizedPruner)
