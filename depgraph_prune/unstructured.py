@@ -286,11 +286,10 @@ def select(model: nn.Module, targets, sparsity, scope: str, importance="magnitud
     old = masks(model)
     out = {}
     if scope == "global":
-        vals = set(per.values())
         if not isinstance(sparsity, (int, float)):
             raise ValueError("scope='global' takes one sparsity number (a global ranking has no per-layer ratios); "
                              "use scope='layer' with a per-layer spec")
-        s = vals.pop() if vals else 0.0
+        s = float(sparsity)
         scores = [_scores(importance, n, getattr(m, a), old.get(n)) for n, m, a in targets]
         if not scores:
             return out

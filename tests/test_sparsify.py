@@ -8,20 +8,18 @@ import copy
 import math
 import os
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
 
 import depgraph_prune as dp
 from depgraph_prune import io as dio
 from depgraph_prune import unstructured as us
 from depgraph_prune.errors import PruningError
 from depgraph_prune.models import cifar_resnet, digits_cnn
-from depgraph_prune.regularize import GReg1, GReg2, GrowingReg, OneShot, RegularizedPruner, WeightRegularizedPruner
+from depgraph_prune.regularize import GReg1, GReg2, GrowingReg, RegularizedPruner, WeightRegularizedPruner
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
