@@ -403,6 +403,7 @@ def _attach_masks(model: nn.Module, masks: dict) -> None:
     from . import unstructured
     for mod in model.modules():
         mod.__dict__.pop(unstructured.MASKS_ATTR, None)
+        mod.__dict__.pop(unstructured.KEEP_ATTR, None)
     for name, m in masks.items():
         owner, _, attr = name.rpartition(".")
         mod = model.get_submodule(owner) if owner else model

@@ -31,9 +31,10 @@ tracing and structural surgery see an ordinary module; ``copy.deepcopy`` and pic
 :func:`keep_masks` registers an ``optimizer.register_step_post_hook`` that sets the masked weights
 to zero and also zeroes the optimizer's per-parameter state tensors (momentum, Adam moments) at
 the masked positions, so neither momentum nor weight decay can bring a weight back, now or after
-:func:`remove_masks`. Cost: after each step, one ``masked_fill_`` per masked tensor and per
-same-shaped state tensor (about one extra element-wise pass over the sparsified weights and their
-state; nothing in forward or backward, no extra memory but the bool masks, 1 byte per weight).
+:func:`remove_masks`. Cost: after each step, one multiply by a cached 0/1 tensor per masked tensor and per
+same-shaped state tensor (an element-wise pass over the sparsified weights and their state;
+nothing in forward or backward); memory: the bool mask (1 byte per weight) plus that 0/1 tensor in
+the weight's dtype (4 bytes per float32 weight). ``bench/sparse_cpu.py`` measures it.
 We did not use ``torch.nn.utils.parametrize``: it renames the parameters
 (``parametrizations.weight.original``), so ``state_dict`` keys, optimizer groups and the engine's
 tracing and surgery would all see a different model, and it recomputes ``w * mask`` in every
@@ -64,6 +65,7 @@ __all__ = ["sparsify", "Sparsity", "LayerSparsity", "apply_masks", "keep_masks",
            "set_mask", "sparsity_report", "prunable_weights", "smallest_k"]
 
 MASKS_ATTR = "_depgraph_prune_masks"  # module.__dict__[MASKS_ATTR] = {attr: bool tensor, True = pruned}
+KEEP_ATTR = "_depgraph_prune_keep"    # cache: {attr: (mask, 1 - mask in the weight's dtype)}
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
            nn.Linear)
 
@@ -362,6 +364,14 @@ def _synced(model: nn.Module, name: str, mod: nn.Module, attr: str) -> torch.Ten
     return m
 
 
+def _sync_all(model: nn.Module) -> None:
+    """Bring every existing mask to its weight's current shape (raises before anything changes
+    when one cannot be explained by the pruning record)."""
+    for mod_name, mod in model.named_modules():
+        for attr in list(mod.__dict__.get(MASKS_ATTR, {})):
+            _synced(model, f"{mod_name}.{attr}" if mod_name else attr, mod, attr)
+
+
 def apply_masks(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
     """Zero every masked weight of ``model`` (and, with ``optimizer``, its state tensors shaped
     like the weight at the masked positions: momentum, Adam moments). Call after each update if
@@ -375,11 +385,32 @@ def apply_masks(model: nn.Module, optimizer: torch.optim.Optimizer | None = None
                 name = f"{mod_name}.{attr}" if mod_name else attr
                 m = _synced(model, name, mod, attr)
                 p = getattr(mod, attr)
-                p.masked_fill_(m, 0.0)
+                keep = _keep(mod, attr, m, p)
+                _zero_(p, keep)
                 if optimizer is not None:
                     for v in optimizer.state.get(p, {}).values():
-                        if isinstance(v, torch.Tensor) and v.shape == p.shape:
-                            v.masked_fill_(m, 0)
+                        if isinstance(v, torch.Tensor) and v.shape == p.shape and v.is_floating_point():
+                            _zero_(v, keep)
+
+
+def _keep(mod: nn.Module, attr: str, pruned: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """``1 - pruned`` in the weight's dtype and device, cached next to the mask: a multiply by it
+    is about 3x faster than ``masked_fill_`` with the bool mask on a CPU (measured), and this runs
+    after every optimizer step."""
+    cache = mod.__dict__.setdefault(KEEP_ATTR, {})
+    hit = cache.get(attr)
+    if hit is not None and hit[0] is pruned and hit[1].dtype == p.dtype and hit[1].device == p.device:
+        return hit[1]
+    keep = (~pruned).to(device=p.device, dtype=p.dtype)
+    cache[attr] = (pruned, keep)
+    return keep
+
+
+def _zero_(t: torch.Tensor, keep: torch.Tensor) -> None:
+    # x * 0 is -0.0 for negative x: the + 0.0 makes it +0.0, so masked entries are all-zero bits
+    # (a sparse file stores no value for them). A non-finite masked entry (inf * 0) would become NaN:
+    # only a diverged run has one.
+    t.mul_(keep).add_(0.0)
 
 
 class _MaskHook:
@@ -418,6 +449,7 @@ def remove_masks(model: nn.Module) -> int:
     n = 0
     for mod in model.modules():
         table = mod.__dict__.pop(MASKS_ATTR, None)
+        mod.__dict__.pop(KEEP_ATTR, None)
         n += len(table or ())
     return n
 
@@ -456,6 +488,7 @@ def sparsify(model: nn.Module, sparsity=0.8, importance: str | Callable = "magni
     if not targets:
         raise PruningError(f"sparsify: {type(model).__name__} has no conv or linear weight to sparsify "
                            "(pass layers=)")
+    _sync_all(model)  # masks set before a structural prune: to the narrowed shapes first
     chosen = select(model, targets, sparsity, scope, importance)  # everything validated before any change
     for name, _m, _a in targets:
         set_mask(model, name, chosen[name])

@@ -224,8 +224,8 @@ def plot(a, rows, base_acc, path):
         ax.set_title(title)
         ax.grid(alpha=.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"Unstructured pruning, digits CNN (width {a.width}): {len(a.seeds)} seeds, "
-                 f"{a.ft_epochs} fine-tuning epochs")
+    fig.suptitle(f"Unstructured pruning, digits CNN (width {a.width}): GReg ceiling {a.ceiling:g}, "
+                 f"delta {a.delta:g}; {len(a.seeds)} seeds, {a.ft_epochs} fine-tuning epochs")
     C.save_figure(fig, path)
 
 

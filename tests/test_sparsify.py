@@ -184,7 +184,7 @@ def test_masks_survive_100_steps_with_momentum_and_weight_decay(opt_name):
         opt.step()
     for n, m in masks.items():
         p = _params(model)[n]
-        assert torch.all(p[m] == 0), n
+        assert torch.all(p[m] == 0) and not torch.signbit(p[m]).any(), n  # +0.0: all-zero bits
         assert not torch.equal(p[~m], kept0[n][~m])  # the rest trains
         for v in opt.state[p].values():
             if isinstance(v, torch.Tensor) and v.shape == p.shape:
@@ -277,6 +277,7 @@ def test_structurally_pruned_model_can_be_sparsified_trained_saved_and_loaded(tm
     assert all(torch.all(_params(model)[n][m] == 0) for n, m in dp.masks(model).items())
     path = tmp_path / "pruned_sparse.safetensors"
     dp.save(model, path)
+    assert {e["mask"] for e in dio.read_header(path)["sparse"].values()} == {"values"}  # no extra mask bits
     again = dp.load(path, digits_cnn(), example_inputs=X)
     for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), k
@@ -692,3 +693,13 @@ def test_greg1_weight_run_shrinks_sp_then_prune_masks_and_finetune_keeps_them():
         ft.step()
     assert dp.sparsity_report(model).masked == rep.masked
     assert all(torch.all(_params(model)[n][sp[n]] == 0) for n in LAYERS)
+
+
+def test_sparsify_again_after_structural_pruning_keeps_the_old_masks_first():
+    model = _digits()
+    dp.sparsify(model, 0.5)
+    dp.prune(model, X, ratio=0.5)
+    rep = dp.sparsify(model, 0.6)  # the old (sliced) masks are counted in the new 60 %
+    for r in rep.layers:
+        k = min(math.ceil(round(0.6 * r.params, 6)), r.params - 1)
+        assert r.masked == k, r.name
