@@ -70,6 +70,9 @@ def parse(argv):
     p.add_argument("--pick-delta", type=float, default=5e-4)
     p.add_argument("--pick-ceiling", type=float, default=0.05)
     p.add_argument("--kept-penalty", type=float, default=-1e-4)
+    p.add_argument("--bn-probe", action="store_true",
+                   help="only pretrain and probe one-shot pruning: conv1 dense or not, BN statistics re-estimated "
+                        "or not (writes <name>_bnprobe.json)")
     C.add_output_args(p)
     a = p.parse_args(argv)
     if a.quick:
@@ -127,6 +130,9 @@ def main(argv=None):
                     for p in [dict(base.named_parameters())[n]])
     C.log(f"pretrained digits CNN (width {a.width}, {n_weights} conv/linear weights): {base_acc:.2f}%  "
           f"({timer():.0f} s)", a.quiet)
+
+    if a.bn_probe:
+        return bn_probe(a, base, data, base_acc, timer)
 
     rows = []
     for s in a.sparsities:
@@ -187,6 +193,36 @@ def main(argv=None):
     path = C.write_result(a, NAME, payload)
     plot(a, rows, base_acc, C.out_path(a, NAME, "png"))
     C.log(f"wrote {path} ({timer():.0f} s)", a.quiet)
+    return payload
+
+
+def bn_probe(a, base, data, base_acc, timer):
+    """Why one-shot drops to chance right after pruning: the first conv (9 weights per filter) and
+    stale BN running statistics. Deterministic (no training): one run per cell."""
+    import depgraph_prune as dp
+    out = []
+    for s in a.sparsities:
+        for skip in (False, True):
+            m = copy.deepcopy(base)
+            dp.sparsify(m, s, ignored_layers=["conv1"] if skip else ())
+            pruned = C.accuracy(m, data[2], data[3])
+            for mod in m.modules():  # re-estimate BN statistics on the training images, no training
+                if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+                    mod.reset_running_stats()
+                    mod.momentum = None
+            m.train()
+            with torch.no_grad():
+                m(data[0])
+            out.append({"sparsity": s, "conv1": "dense" if skip else "pruned", "pruned": pruned,
+                        "bn_reestimated": C.accuracy(m, data[2], data[3])})
+    table = ["| sparsity | conv1 | one-shot, pruned | + BN statistics re-estimated |", "|---|---|---|---|"]
+    table += [f"| {r['sparsity']:.0%} | {r['conv1']} | {r['pruned']:.2f} | {r['bn_reestimated']:.2f} |" for r in out]
+    table = "\n".join(table)
+    C.log(table, a.quiet)
+    a.tag = (a.tag + "_" if a.tag else "") + "bnprobe"
+    payload = {"experiment": NAME, "args": vars(a), "pretrained_acc": base_acc, "probe": out, "table_md": table,
+               "seconds": timer()}
+    C.write_result(a, NAME, payload)
     return payload
 
 
