@@ -567,6 +567,10 @@ def load(path, model: nn.Module, *, example_inputs: Any = None) -> nn.Module:
     loaded model is also run once, as the surgeon validates its result (on meta tensors where
     possible), and the load is undone if that fails.
 
+    Masks saved with sparse tensors (:func:`depgraph_prune.sparsify`) are attached again (any
+    masks ``model`` had before are dropped); re-attach them to an optimizer with
+    :func:`depgraph_prune.keep_masks`.
+
     Raises :class:`FormatError` (corrupt, truncated, tampered, newer version) or
     :class:`ModelMismatchError` (record or weights do not fit ``model``; ``model`` was already
     pruned); in every case ``model`` is left exactly as it was.

@@ -67,6 +67,26 @@ def test_n_to_prune_is_ceil_without_float_noise():
     assert us.n_to_prune(0.0, 10) == 0
 
 
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 9), st.integers(1, 9)), min_size=1, max_size=4),
+       st.floats(0.0, 0.99), st.sampled_from(["layer", "global"]), st.integers(0, 2 ** 16))
+def test_sparsify_counts_are_exact_on_random_stacks(shapes, s, scope, seed):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(*[torch.nn.Linear(i, o) for o, i in shapes])
+    with torch.no_grad():  # coarse values: many ties
+        for p in model.parameters():
+            p.copy_(torch.round(p * 4))
+    rep = dp.sparsify(model, s, scope=scope)
+    sizes = [o * i for o, i in shapes]
+    if scope == "global":
+        assert rep.masked == min(math.ceil(round(s * sum(sizes), 6)), sum(sizes))
+    else:
+        assert [r.masked for r in rep.layers] == [min(math.ceil(round(s * n, 6)), n - 1) for n in sizes]
+    for n, m in dp.masks(model).items():
+        assert torch.all(dict(model.named_parameters())[n][m] == 0)
+    assert rep.params == sum(sizes) and rep.nonzeros <= rep.params - rep.masked
+
+
 @pytest.mark.parametrize("s", [0.5, 0.8, 0.95])
 def test_layer_scope_hits_the_sparsity_of_every_layer_exactly(s):
     model = _digits()
