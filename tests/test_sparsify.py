@@ -723,3 +723,19 @@ def test_sparsify_again_after_structural_pruning_keeps_the_old_masks_first():
     for r in rep.layers:
         k = min(math.ceil(round(0.6 * r.params, 6)), r.params - 1)
         assert r.masked == k, r.name
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_sparse_files_in_other_dtypes_round_trip_bit_identically(dtype, tmp_path):
+    model = _digits().to(dtype)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    dp.sparsify(model, 0.9, optimizer=opt)
+    x, y = _batch(0)
+    F.cross_entropy(model(x.to(dtype)), y).backward()
+    opt.step()
+    dp.save(model, tmp_path / "m.bin")
+    again = dp.load(tmp_path / "m.bin", digits_cnn().to(dtype))
+    for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert a.dtype == b.dtype == (dtype if a.is_floating_point() else a.dtype)
+        assert torch.equal(a.view(-1).view(torch.uint8), b.view(-1).view(torch.uint8)), k
+    assert all(torch.equal(dp.masks(again)[n], m) for n, m in dp.masks(model).items())
