@@ -17,7 +17,7 @@ from .rules import register_rule, unregister_rule
 from .analysis import filter_norm_separation, mean_jsv
 from .regularize import GReg1, GReg2, TPP, GrowingReg, OneShot, OrthP, RegularizedPruner
 from .unstructured import (LayerSparsity, Sparsity, apply_masks, keep_masks, masks, remove_masks, sparsify,
-                       sparsity_report)
+                           sparsity_report)
 
 __all__ = ["prune", "build_graph", "count_ops", "DependencyGraph", "Group", "GroupMember", "OpCount",
            "PruneResult", "PruningError", "SurgeryError", "TraceError", "RegularizedPruner", "GReg1", "GReg2",
