@@ -249,12 +249,17 @@ def _module_tensors(model: nn.Module):
                 yield prefix + attr, mod, attr, t, True, attr not in mod._non_persistent_buffers_set
 
 
-def save(model: nn.Module, path, *, container: str = "auto") -> None:
+def save(model: nn.Module, path, *, container: str = "auto", sparse="masked") -> None:
     """Write ``model``'s pruning record and weights (parameters and buffers, non-persistent
     buffers included) to ``path``; reload with :func:`load` into a fresh, unpruned model.
 
     The file is written to a temporary name next to ``path`` and renamed when complete.
     ``container``: ``"auto"`` (safetensors if installed, else torch), ``"safetensors"`` or ``"torch"``.
+    ``sparse``: ``"masked"`` (default) stores the masked parameters (:func:`depgraph_prune.sparsify`)
+    compactly, nonzero values plus a bitmap, and their masks with them (an unmasked model's file
+    is unchanged); ``"auto"`` also packs unmasked parameters with at least half exact zeros (64
+    entries or more; e.g. after :func:`~depgraph_prune.remove_masks`); ``False`` writes every
+    tensor dense and drops the masks. See :func:`_sparse_pack`.
     """
     if not isinstance(model, nn.Module):
         raise PruningError(f"save: model must be an nn.Module, got {type(model).__name__}")
@@ -271,11 +276,139 @@ def save(model: nn.Module, path, *, container: str = "auto") -> None:
             buffers.append(name)
     meta = {"format": _FORMAT, "version": FORMAT_VERSION, "kind": "model", "model": type(model).__name__,
             "torch": torch.__version__, "record": record, "aliases": aliases, "buffers": buffers}
+    named = _cpu_tensors(named)
+    named, sparse_meta = _sparse_pack(model, named, set(buffers), sparse)
+    if sparse_meta:
+        meta["sparse"] = sparse_meta
     try:
         header = json.dumps(meta, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise PruningError(f"save: the pruning record of {type(model).__name__} is not JSON-serializable ({exc})") from exc
-    _write(path, header, _cpu_tensors(named), container)
+    _write(path, header, named, container)
+
+
+# ============================================================================ sparse tensors
+_SPARSE_SEP = "::"  # never in a qualified module name
+_INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _nonzero_bits(t: torch.Tensor) -> torch.Tensor:
+    """Positions whose *bit pattern* is not zero (``-0.0`` counts as a value: bit-identical reload)."""
+    flat = t.reshape(-1)
+    if t.dtype.is_complex:
+        flat = torch.view_as_real(flat).reshape(-1, 2)
+        return (flat.view(_INT_VIEW[flat.element_size()]) != 0).any(1)
+    return flat.view(_INT_VIEW[t.element_size()]) != 0
+
+
+def _pack_bits(b: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(np.packbits(b.numpy(), bitorder="little"))
+
+
+def _unpack_bits(t: torch.Tensor, n: int, where: str) -> torch.Tensor:
+    if t.dtype != torch.uint8 or t.dim() != 1 or t.numel() != (n + 7) // 8:
+        raise FormatError(f"{where}: malformed bitmap ({t.dtype}, {tuple(t.shape)} for {n} positions)")
+    return torch.from_numpy(np.unpackbits(t.numpy(), count=n, bitorder="little").astype(bool))
+
+
+def _sparse_pack(model: nn.Module, named: dict, buffers: set, mode) -> tuple[dict, dict]:
+    """Replace sparse parameters by ``name::values`` (the entries with nonzero bits, flat, in
+    order) and ``name::bitmap`` (one bit per entry, ``np.packbits`` little-endian), plus
+    ``name::mask`` for a mask that is not exactly the zero pattern. Returns the new tensor table
+    and the header's ``sparse`` entry ``{name: {"shape": [...], "mask": null | "values" | "own"}}``.
+    For float32 at 80% zeros a tensor takes 0.2 + 1/32 of its dense bytes."""
+    if mode not in ("auto", "masked", False, None):
+        raise PruningError(f"save: sparse must be 'auto', 'masked' or False, got {mode!r}")
+    if not mode:
+        return named, {}
+    from . import unstructured
+    by_id = {}
+    for mod_name, mod in model.named_modules():
+        for attr, m in mod.__dict__.get(unstructured.MASKS_ATTR, {}).items():
+            p = getattr(mod, attr, None)
+            if isinstance(p, torch.Tensor):
+                by_id[id(p)] = (mod_name, mod, attr)
+    first = {}
+    for name, _mod, _attr, t, _b, _p in _module_tensors(model):
+        first.setdefault(name, t)
+    out, meta = {}, {}
+    for name, c in named.items():
+        orig = first.get(name)
+        floating = name not in buffers and (c.dtype.is_floating_point or c.dtype.is_complex)
+        masked = floating and orig is not None and id(orig) in by_id
+        if not masked and not (floating and mode == "auto" and c.numel() >= 64):
+            out[name] = c
+            continue
+        keep = _nonzero_bits(c)
+        if not masked and int(keep.sum()) * 2 > c.numel():  # dense enough: as it is
+            out[name] = c
+            continue
+        flat = c.reshape(-1)
+        out[name + _SPARSE_SEP + "values"] = flat[keep].clone()
+        out[name + _SPARSE_SEP + "bitmap"] = _pack_bits(keep)
+        kind = None
+        if masked:
+            mod_name, mod, attr = by_id[id(orig)]
+            pruned = unstructured._synced(model, name, mod, attr).detach().cpu().reshape(-1)
+            if torch.equal(pruned, ~keep):
+                kind = "values"
+            else:
+                kind = "own"
+                out[name + _SPARSE_SEP + "mask"] = _pack_bits(pruned)
+        meta[name] = {"shape": list(c.shape), "mask": kind}
+    return out, meta
+
+
+def _sparse_unpack(meta: dict, stored: dict, path) -> tuple[dict, dict]:
+    """Inverse of :func:`_sparse_pack` on a file's (checksummed) tensors: the dense table, and the
+    masks ``{name: bool tensor (True = pruned)}`` to attach."""
+    info = meta.get("sparse", {})
+    where = f"{os.fspath(path)!r}"
+    if not isinstance(info, dict):
+        raise FormatError(f"{where}: malformed sparse table in the header")
+    out = {k: v for k, v in stored.items() if _SPARSE_SEP not in k}
+    consumed, masks = set(), {}
+    for name, entry in info.items():
+        w = f"{where}, sparse tensor `{name}`"
+        if not isinstance(entry, dict) or not isinstance(entry.get("shape"), list) or \
+                not all(type(d) is int and d >= 0 for d in entry["shape"]) or entry.get("mask") not in (None, "values", "own"):
+            raise FormatError(f"{w}: malformed entry {entry!r}")
+        if name in out:
+            raise FormatError(f"{w}: stored both dense and sparse")
+        keys = [name + _SPARSE_SEP + s for s in ("values", "bitmap")] + \
+            ([name + _SPARSE_SEP + "mask"] if entry["mask"] == "own" else [])
+        for k in keys:
+            if k not in stored:
+                raise FormatError(f"{w}: the file has no `{k}`")
+        consumed.update(keys)
+        values, shape = stored[keys[0]], tuple(entry["shape"])
+        n = int(np.prod(shape, dtype=np.int64))
+        keep = _unpack_bits(stored[keys[1]], n, w)
+        if values.dim() != 1 or values.numel() != int(keep.sum()):
+            raise FormatError(f"{w}: {values.numel()} values for {int(keep.sum())} set bits")
+        dense = torch.zeros(n, dtype=values.dtype)
+        dense[keep] = values
+        out[name] = dense.view(shape)
+        if entry["mask"] == "values":
+            masks[name] = (~keep).view(shape)
+        elif entry["mask"] == "own":
+            masks[name] = _unpack_bits(stored[keys[2]], n, w).view(shape)
+    extra = [k for k in stored if _SPARSE_SEP in k and k not in consumed]
+    if extra:
+        raise FormatError(f"{where}: `{extra[0]}` is not described by the header's sparse table")
+    return out, masks
+
+
+def _attach_masks(model: nn.Module, masks: dict) -> None:
+    from . import unstructured
+    for mod in model.modules():
+        mod.__dict__.pop(unstructured.MASKS_ATTR, None)
+        mod.__dict__.pop(unstructured.KEEP_ATTR, None)
+    for name, m in masks.items():
+        owner, _, attr = name.rpartition(".")
+        mod = model.get_submodule(owner) if owner else model
+        p = getattr(mod, attr)
+        mod.__dict__.setdefault(unstructured.MASKS_ATTR, {})[attr] = m.to(p.device)
 
 
 # ============================================================================ load
@@ -434,6 +567,10 @@ def load(path, model: nn.Module, *, example_inputs: Any = None) -> nn.Module:
     loaded model is also run once, as the surgeon validates its result (on meta tensors where
     possible), and the load is undone if that fails.
 
+    Masks saved with sparse tensors (:func:`depgraph_prune.sparsify`) are attached again (any
+    masks ``model`` had before are dropped); re-attach them to an optimizer with
+    :func:`depgraph_prune.keep_masks`.
+
     Raises :class:`FormatError` (corrupt, truncated, tampered, newer version) or
     :class:`ModelMismatchError` (record or weights do not fit ``model``; ``model`` was already
     pruned); in every case ``model`` is left exactly as it was.
@@ -441,6 +578,7 @@ def load(path, model: nn.Module, *, example_inputs: Any = None) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise PruningError(f"load: model must be an nn.Module, got {type(model).__name__}")
     meta, stored = _read(path, "model")
+    stored, file_masks = _sparse_unpack(meta, stored, path)
     record, aliases, buffers = meta.get("record"), meta.get("aliases"), meta.get("buffers")
     _check_record_shape(record)
     if not isinstance(aliases, dict) or not isinstance(buffers, list) or \
@@ -542,6 +680,7 @@ def load(path, model: nn.Module, *, example_inputs: Any = None) -> nn.Module:
         if isinstance(exc, LoadError):
             raise exc.__class__(f"{exc}; the model was restored") from exc
         raise LoadError(f"load failed while committing ({type(exc).__name__}: {exc}); the model was restored") from exc
+    _attach_masks(model, file_masks)
     return model
 
 

@@ -31,10 +31,13 @@ SECTIONS = [
     ("Measuring", ["count_ops", "OpCount"]),
     ("Saving and loading", ["save", "load", "save_state", "load_state", "rebuild_optimizer"]),
     ("Regularized pruning", ["RegularizedPruner", "GReg1", "GReg2", "TPP", "GrowingReg", "OneShot", "OrthP"]),
+    ("Unstructured pruning", ["sparsify", "Sparsity", "LayerSparsity", "keep_masks", "apply_masks", "remove_masks",
+                              "masks", "sparsity_report"]),
     ("Analysis", ["mean_jsv", "filter_norm_separation"]),
     ("Extending: coupling rules", ["register_rule", "unregister_rule"]),
     ("Errors", ["PruningError", "TraceError", "SurgeryError"]),
-    ("Submodules", ["importance", "specs", "plan", "analysis", "regularize", "rules", "io", "optim", "viz"]),
+    ("Submodules", ["importance", "specs", "plan", "analysis", "regularize", "rules", "io", "optim", "viz",
+                     "unstructured"]),
 ]
 #: instance attributes that docstrings do not list
 ATTRIBUTES = {

@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import math
 import warnings
 from typing import Any, Callable, Iterable
@@ -364,14 +365,30 @@ class RegularizedPruner:
             regularized group's producing layer at every update in ``self.separation``.
         log_hook: callable receiving ``{"t", "phase", "max_lambda", "mag_ratio", "lambda_t"}`` at
             every update.
+        granularity: ``"channel"`` (default, filter pruning through the engine) or ``"weight"``
+            (unstructured: ``sparsity=`` instead of ``ratio``; see
+            :class:`~depgraph_prune.regularize.weights.WeightRegularizedPruner`).
 
     A group is regularized iff its ratio is > 0 and ``n_p = min(ceil(r * size), size - 1) > 0``.
     """
 
+    def __new__(cls, *args, granularity: str = "channel", **kwargs):
+        # granularity="weight" (unstructured GReg) is its own class; see regularize/weights.py
+        if cls is RegularizedPruner and granularity == "weight":
+            from .weights import WeightRegularizedPruner
+            return super().__new__(WeightRegularizedPruner)
+        return super().__new__(cls)
+
     def __init__(self, model: nn.Module, example_inputs: Any, method="greg1", ratio: float | None = None,
                  ratios=None, ignored_layers: Iterable = (), importance="l1", progress: bool = False, *,
                  record_separation: bool = False, log_hook: Callable[[dict], Any] | None = None,
-                 leaf_modules: Iterable[str] = (), attention: str = "heads", **method_kwargs):
+                 leaf_modules: Iterable[str] = (), attention: str = "heads", granularity: str = "channel",
+                 sparsity=None, **method_kwargs):
+        if granularity != "channel":
+            raise ValueError(f"granularity must be 'channel' or 'weight', got {granularity!r}")
+        if sparsity is not None:
+            raise ValueError("sparsity= is the amount of weights pruned at granularity='weight'; for channels "
+                             "give ratio= / ratios=, or add granularity='weight'")
         model = _unwrap_parallel(model)
         self.model = model
         self.example_inputs = example_inputs
@@ -728,3 +745,12 @@ class RegularizedPruner:
         self.separation = {k: [list(r) for r in v] for k, v in state.get("separation", {}).items()}
         for gs in self._groups:
             self.separation.setdefault(gs.producer, [])
+
+
+def _init_signature(cls) -> inspect.Signature:
+    """The constructor's signature for ``inspect`` / ``help()`` (``__new__`` only dispatches)."""
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    return inspect.Signature(params)
+
+
+RegularizedPruner.__signature__ = _init_signature(RegularizedPruner)
