@@ -119,17 +119,21 @@ class DependencyGraph:
         return [g for g in self.groups if g.prunable]
 
     # -- surgery ------------------------------------------------------------------------------
-    def prune(self, plan: Mapping[Group, Sequence[int]], *, validate: bool = True) -> dict:
+    def prune(self, plan: Mapping[Group, Sequence[int]], *, validate: bool = True, optimizer=None) -> dict:
         """Remove the given channels of each group, all or nothing. Returns the kept indices
         per ``"name:dim"``. The graph is stale afterwards: build a new one to go on.
 
         With ``validate`` (default) the pruned model is run once on the example inputs (on meta
         tensors, so without real compute); if it fails or its output structure changed, the
-        surgery is undone and ``SurgeryError`` is raised: a broken model never comes out."""
+        surgery is undone and ``SurgeryError`` is raised: a broken model never comes out.
+        ``optimizer``: its per-parameter state is sliced to the kept channels once the surgery
+        stands (:func:`depgraph_prune.rebuild_optimizer`)."""
         from .._memory import release_free_memory
         from ..surgery import apply_plan, check_runs
+        from ..optim import check_optimizer, rebuild_optimizer
         if getattr(self, "_stale", False):
             raise PruningError("this graph was already used to prune its model; build a new graph")
+        check_optimizer(optimizer, self.model)
         record = apply_plan(self, plan)
         if validate and record:
             try:
@@ -141,6 +145,8 @@ class DependencyGraph:
                 raise SurgeryError(f"the pruned model failed its check ({problem}); the surgery was undone. "
                                    f"Please report this model: a coupling rule is missing a case.")
         record.pop("undo", None)  # with it go the removed channels the undo kept
+        if optimizer is not None and record:
+            rebuild_optimizer(optimizer, self.model)
         release_free_memory()
         self._stale = True
         return record

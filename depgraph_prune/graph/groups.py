@@ -87,9 +87,10 @@ class Group:
                 seen.append(owner)
         return seen
 
-    def prune(self, channels: Sequence[int]) -> None:
-        """Remove exactly these channels from every member, in the user's model, all or nothing."""
-        self._graph.prune({self: list(channels)})
+    def prune(self, channels: Sequence[int], *, optimizer=None) -> None:
+        """Remove exactly these channels from every member, in the user's model, all or nothing.
+        ``optimizer``: its state (momentum, Adam moments) is sliced along, in place."""
+        self._graph.prune({self: list(channels)}, optimizer=optimizer)
 
     def __repr__(self) -> str:
         return f"<Group {self.index}: {self.size} prunable channels, {len(self.members)} members>"

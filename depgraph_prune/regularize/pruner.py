@@ -18,7 +18,7 @@ Typical loop (GReg-1)::
     optimizer = make_optimizer(model)    # fresh optimizer for fine-tuning (as in the papers)
 
 The surgery keeps parameter objects (``param.data`` is swapped) but their optimizer state (momentum)
-has the old shapes: build a new optimizer after ``prune()``.
+has the old shapes: pass it along (``pruner.prune(optimizer=optimizer)``) to have it sliced, or build a new optimizer.
 
 Distributed data parallel (``torch.nn.parallel.DistributedDataParallel``)
 -------------------------------------------------------------------------
@@ -599,10 +599,12 @@ class RegularizedPruner:
         self.progress = False
 
     # -- surgery -------------------------------------------------------------------------------------------
-    def prune(self) -> PruneResult:
+    def prune(self, optimizer=None) -> PruneResult:
         """Remove ``S_p`` of every regularized group from the model (in place, through the
         engine) and return a :class:`~depgraph_prune.prune.PruneResult`. GReg-2 before its pick and
-        GrowingReg choose ``S_p`` now, on the current weights. Build a new optimizer afterwards."""
+        GrowingReg choose ``S_p`` now, on the current weights. Pass the training ``optimizer`` to
+        have its state (momentum, Adam moments) sliced along in place; without it, call
+        ``dp.rebuild_optimizer(optimizer, model)`` or build a new optimizer afterwards."""
         self._check_live("prune")
         self._close_bar()
         if not self.done and self.method.warn_if_not_done:
@@ -618,14 +620,19 @@ class RegularizedPruner:
         inputs = _to_device(self.example_inputs, self._device())
         before = count_ops(self.model, inputs)
         widths = [width_row(g, c) for g, c in plan.items()]
-        record = self.graph.prune(plan) if plan else {}
+        record = self.graph.prune(plan, optimizer=optimizer) if plan else {}
         self.method.after_prune(self)
         after = count_ops(self.model, inputs)
         self.phase = "pruned"
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        return _make_result(before, after, widths, record, list(getattr(self.graph, "notes", []) or []))
+        notes = list(getattr(self.graph, "notes", []) or [])
+        if record and optimizer is None:
+            notes.append("no optimizer was passed: an optimizer created before pruning still holds state of the "
+                         "old shapes (its next step() fails); call dp.rebuild_optimizer(optimizer, model) before "
+                         "it steps, pass optimizer= to prune(), or create a new optimizer")
+        return _make_result(before, after, widths, record, notes)
 
     def _check_structure(self) -> None:
         for gs in self._groups:
