@@ -24,9 +24,7 @@ import inspect
 import json
 import math
 import os
-import statistics
 import sys
-import time
 import traceback
 from typing import Any
 
@@ -315,29 +313,7 @@ def _split_names(values) -> list[str]:
 
 
 # ============================================================================ latency
-def measure_latency(model, example_inputs, repeat: int = 10, warmup: int = 2) -> float:
-    """Median CPU latency of one forward pass in milliseconds, with one thread, in inference mode."""
-    import torch
-    from .trace import normalize_inputs
-    args, kwargs = normalize_inputs(example_inputs)
-    threads = torch.get_num_threads()
-    flags = [(m, m.training) for m in model.modules()]
-    times = []
-    try:
-        torch.set_num_threads(1)
-        model.eval()
-        with torch.inference_mode():
-            for _ in range(warmup):
-                model(*args, **kwargs)
-            for _ in range(repeat):
-                t = time.perf_counter()
-                model(*args, **kwargs)
-                times.append(time.perf_counter() - t)
-    finally:
-        torch.set_num_threads(threads)
-        for m, f in flags:
-            m.training = f
-    return statistics.median(times) * 1000.0
+from .measure import measure_latency  # noqa: E402  (kept importable from here)
 
 
 # ============================================================================ subcommands

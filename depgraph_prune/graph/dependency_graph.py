@@ -37,7 +37,9 @@ class DependencyGraph:
         self._freeze_modules(ctx, self._names(frozen, "frozen"))
         self._ctx = ctx
         self._output_structure = ctx.output_structure
-        self.groups: list[Group] = make_groups(ctx, self)
+        from .. import progress
+        with progress.stage("build"):  # the groups: connected components of the couplings
+            self.groups: list[Group] = make_groups(ctx, self)
         self._member_group = {(m.name, m.dim): g for g in self.groups for m in g.members}
 
     # -- construction helpers ---------------------------------------------------------------
