@@ -49,11 +49,16 @@ class _Quiet:
 
 
 class _Stage:
-    def __init__(self, reporter: "Reporter", name: str, total: int | None):
+    def __init__(self, reporter: "Reporter", name: str, total: int | None, unit: str | None):
         from tqdm.auto import tqdm
         self.name = name
         label = LABELS.get(name, name)
-        fmt = "{desc}: {elapsed}" if total is None else "{desc}: {n_fmt}/{total_fmt} [{elapsed}<{remaining}]"
+        if total is not None:
+            fmt = "{desc}: {n_fmt}/{total_fmt} [{elapsed}<{remaining}]"
+        elif unit:
+            fmt = "{desc}: {n_fmt} " + unit.replace("{", "{{").replace("}", "}}") + " [{elapsed}]"
+        else:
+            fmt = "{desc}: {elapsed}"
         self.bar = tqdm(total=total, desc=label, file=reporter.file, delay=reporter.delay, leave=True,
                         bar_format=fmt, mininterval=0.25)
         self._stop = threading.Event()
@@ -113,15 +118,16 @@ def reporting(enabled: bool = True, file=None, delay: float | None = None) -> It
 
 
 @contextmanager
-def stage(name: str, total: int | None = None):
+def stage(name: str, total: int | None = None, unit: str | None = None):
     """Mark the code inside as pipeline stage ``name``; yields a handle with ``update(n=1)``
-    (one more of ``total`` steps done) and ``set_total(n)``."""
+    (one more of ``total`` steps done) and ``set_total(n)``. ``unit`` names the steps of a stage
+    of unknown length (shown as ``12 plans measured``)."""
     rep = _current.get()
     if rep is None:
         yield _Quiet()
         return
     t0 = time.perf_counter()
-    s = _Stage(rep, name, total)
+    s = _Stage(rep, name, total, unit)
     try:
         yield s
     finally:

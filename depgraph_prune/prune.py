@@ -172,7 +172,7 @@ def _macs_of_plan(model, graph, plan, meta_inputs, metric: str = "macs") -> int:
 def _search_plan(model, example_inputs, graph, scorer, target_macs, kw, metric: str = "macs",
                  goal: str = "target_speedup") -> dict:
     """See :func:`_search_plan_in`; the plans it measures are the "plan" stage's steps."""
-    with _progress.stage("plan") as bar:
+    with _progress.stage("plan", unit="plans measured") as bar:
         return _search_plan_in(model, example_inputs, graph, scorer, target_macs, kw, metric, goal, bar)
 
 
