@@ -411,15 +411,13 @@ def test_gradient_criteria_with_calibration(tmp_path, capsys):
     assert "--calibration" in out and "predictions" in out and "taylor and hessian" in out
 
 
-def test_target_macs_and_params_from_the_cli(capsys):
-    code, out, err = run(["prune", *SMALL, "--target-macs", "15M", "--json"], capsys)
+def test_target_params_from_the_cli(capsys):
+    """(--target-macs takes the same path: dp.prune's search, tested in test_newcomer.py.)"""
+    code, out, err = run(["prune", *SMALL, "--target-params", "3M", "--json"], capsys)
     assert code == 0, err
     report = json.loads(out)
-    assert abs(report["after"]["macs"] / 15e6 - 1) < 0.02 and report["target_macs"] == 15_000_000
-    assert report["settings"]["target_macs"] == 15_000_000
-    code, out, err = run(["prune", *SMALL, "--target-params", "3M"], capsys)
-    assert code == 0, err
-    assert out.splitlines()[1].startswith("settings: target_params=3.00 M params")
+    assert abs(report["after"]["params"] / 3e6 - 1) < 0.02 and report["target_params"] == 3_000_000
+    assert report["settings"]["target_params"] == 3_000_000
 
 
 def test_prune_header_names_settings_and_columns(capsys):
