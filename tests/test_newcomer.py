@@ -285,3 +285,9 @@ def test_draw_graph_boxes_legend_and_frozen_marks(tmp_path):
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert any("frozen" in t and "model output" in t for t in legend)
     assert any(re.match(r"group \d+: 10 ch, 3 modules", t) for t in legend)
+
+
+def test_progress_docstring_example():
+    import doctest
+    result = doctest.testmod(progress)
+    assert result.attempted > 0 and result.failed == 0
