@@ -610,6 +610,8 @@ def cmd_prune(args) -> int:
                       leaf_modules=leaves, attention=args.attention, calibration=calibration,
                       **({"frozen": frozen} if frozen else {})))
     lat_after = measure_latency(model, x, args.repeat) if args.latency else None
+    from .prune import OPTIMIZER_NOTE
+    result.notes = [n for n in result.notes if n != OPTIMIZER_NOTE]  # no optimizer on the command line
     if args.plot:
         _plot(lambda: __import__("depgraph_prune.viz", fromlist=["plot_widths"]).plot_widths(
             result, args.plot, title=f"{args.model}: widths before and after pruning"), "--plot")

@@ -90,6 +90,12 @@ class PruneResult:
         return "\n".join(lines)
 
 
+#: the note of a result pruned without ``optimizer=`` (the command line, which has none, leaves it out)
+OPTIMIZER_NOTE = ("no optimizer was passed: an optimizer created before pruning still holds state of the old "
+                  "shapes (its next step() fails); call dp.rebuild_optimizer(optimizer, model) before it steps, "
+                  "pass optimizer= to dp.prune, or create a new optimizer")
+
+
 def _count(n: int, metric: str) -> str:
     """``12.30 MMACs`` / ``1.51 K params``: a MAC or parameter count in the unit its size calls for."""
     return _human(n, "MACs") if metric == "macs" else _human(n, "params", " ")
@@ -415,7 +421,5 @@ def _prune(model, example_inputs, ratio, scorer, needs_grad, settings, targets, 
         notes.append("no prunable group: every channel is frozen or the ratios select nothing "
                      "(see dp.build_graph(model, x).summary())")
     elif optimizer is None:
-        notes.append("no optimizer was passed: an optimizer created before pruning still holds state of the "
-                     "old shapes (its next step() fails); call dp.rebuild_optimizer(optimizer, model) before it "
-                     "steps, pass optimizer= to dp.prune, or create a new optimizer")
+        notes.append(OPTIMIZER_NOTE)
     return PruneResult(before, after, widths, records, notes, frozen_groups, settings)

@@ -525,3 +525,10 @@ def test_viz_widths_roles_and_dot(tmp_path):
     assert "Group 1" in fig.axes[0].get_title()
     viz.draw_graph(graph, tmp_path / "g.svg", groups=[1, 2])
     assert (tmp_path / "g.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_prune_output_has_no_optimizer_advice(capsys):
+    """The command line has no optimizer: the Python API's note about one is left out."""
+    code, out, err = run(["prune", *SMALL, "--ratio", "0.5"], capsys)
+    assert code == 0, err
+    assert "optimizer" not in out

@@ -76,7 +76,7 @@ from .. import importance as _imp
 from ..analysis import _separation, filter_l1_norms
 from ..errors import PruningError
 from ..measure import count_ops
-from ..prune import PruneResult, build_graph, select_channels, width_row
+from ..prune import OPTIMIZER_NOTE, PruneResult, build_graph, select_channels, width_row
 from ..specs import match_ratio, name_patterns, resnet_stages, validate_ratios
 from .methods import Method, make_method
 
@@ -629,9 +629,7 @@ class RegularizedPruner:
             self._bar = None
         notes = list(getattr(self.graph, "notes", []) or [])
         if record and optimizer is None:
-            notes.append("no optimizer was passed: an optimizer created before pruning still holds state of the "
-                         "old shapes (its next step() fails); call dp.rebuild_optimizer(optimizer, model) before "
-                         "it steps, pass optimizer= to prune(), or create a new optimizer")
+            notes.append(OPTIMIZER_NOTE.replace("dp.prune", "prune()"))
         return _make_result(before, after, widths, record, notes)
 
     def _check_structure(self) -> None:
