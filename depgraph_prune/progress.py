@@ -19,13 +19,14 @@ New pipeline steps report themselves with ``with progress.stage("verify"): ...``
 from __future__ import annotations
 
 import contextvars
+import functools
 import sys
 import threading
 import time
 from contextlib import contextmanager
 from typing import Iterator
 
-__all__ = ["DELAY", "LABELS", "Reporter", "reporting", "stage"]
+__all__ = ["DELAY", "LABELS", "Reporter", "reporting", "reports", "stage"]
 
 DELAY = 0.5
 """Seconds a stage must run before its progress line appears."""
@@ -115,6 +116,18 @@ def reporting(enabled: bool = True, file=None, delay: float | None = None) -> It
         yield rep
     finally:
         _current.reset(token)
+
+
+def reports(arg: str = "progress"):
+    """Decorator: run the function inside :func:`reporting` when its keyword argument ``arg`` is
+    true (``@reports("progress")`` on ``dp.prune``)."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            with reporting(bool(kwargs.get(arg, False))):
+                return fn(*args, **kwargs)
+        return run
+    return wrap
 
 
 @contextmanager

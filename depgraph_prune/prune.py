@@ -248,6 +248,23 @@ def _search(plan_at, macs, graph, target_macs, kw, metric, goal, bisect) -> dict
     return plan
 
 
+def _scores(graph, scorer, ratio, ratios, global_ranking, searched, round_to, min_channels) -> dict:
+    """Every score the plan will ask for, computed once (the "score" stage), in the order the
+    plan functions would ask, so a seeded random criterion draws the same numbers."""
+    from .plan import n_to_prune
+    groups = graph.prunable_groups
+    if not (global_ranking or searched):
+        per = group_ratios(graph, ratio, ratios)
+        groups = [g for g in groups if n_to_prune(g, per.get(g.index, 0.0), round_to, min_channels)]
+    out = {}
+    with _progress.stage("score", total=len(groups)) as bar:
+        for g in groups:
+            out[g.index] = scorer(g)
+            bar.update()
+    return out
+
+
+@_progress.reports("progress")
 def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, importance="l1", *,
           ratios: Mapping[str, float] | None = None, global_ranking: bool = False, max_ratio: float = 0.9,
           target_speedup: float | None = None, target_macs: int | None = None, target_params: int | None = None,
@@ -333,36 +350,9 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
                 "importance": _importance_name(importance),
                 "scope": f"global ranking (at most {max_ratio:g} of a group)" if global_ranking else "each group",
                 "round_to": round_to, "min_channels": min_channels, "steps": steps, "attention": attention}
-    with _progress.reporting(progress):
-        return _prune(model, example_inputs, ratio, scorer, needs_grad, settings, targets, ratios=ratios,
-                      global_ranking=global_ranking, max_ratio=max_ratio, round_to=round_to,
-                      min_channels=min_channels, steps=steps, callback=callback, progress=progress,
-                      ignored_layers=ignored_layers, leaf_modules=leaf_modules, frozen=frozen,
-                      attention=attention, calibration=calibration, loss_fn=loss_fn, optimizer=optimizer)
-
-
-def _scores(graph, scorer, ratio, ratios, global_ranking, searched, round_to, min_channels) -> dict:
-    """Every score the plan will ask for, computed once (the "score" stage), in the order the
-    plan functions would ask, so a seeded random criterion draws the same numbers."""
-    from .plan import n_to_prune
-    groups = graph.prunable_groups
-    if not (global_ranking or searched):
-        per = group_ratios(graph, ratio, ratios)
-        groups = [g for g in groups if n_to_prune(g, per.get(g.index, 0.0), round_to, min_channels)]
-    out = {}
-    with _progress.stage("score", total=len(groups)) as bar:
-        for g in groups:
-            out[g.index] = scorer(g)
-            bar.update()
-    return out
-
-
-def _prune(model, example_inputs, ratio, scorer, needs_grad, settings, targets, *, ratios, global_ranking,
-           max_ratio, round_to, min_channels, steps, callback, progress, ignored_layers, leaf_modules, frozen,
-           attention, calibration, loss_fn, optimizer) -> PruneResult:
     # the graph first: a bad example input gets the tracer's clear message
     graph = build_graph(model, example_inputs, ignored_layers=ignored_layers, leaf_modules=leaf_modules,
-                        frozen=frozen, attention=attention)
+                            frozen=frozen, attention=attention)
     with _progress.stage("count"):
         before = count_ops(model, example_inputs)
     records, notes, widths = [], list(graph.notes), []
@@ -373,7 +363,7 @@ def _prune(model, example_inputs, ratio, scorer, needs_grad, settings, targets, 
         rounds = tqdm(rounds, desc="pruning rounds")
     kw = dict(ratios=ratios, global_ranking=global_ranking, max_ratio=max_ratio, round_to=round_to,
               min_channels=min_channels, ignored=ignored_layers, leaves=leaf_modules, frozen=frozen)
-    metric, goal_key = ("params", "target_params") if "target_params" in targets else ("macs", None)
+    metric = "params" if "target_params" in targets else "macs"
     base_count = getattr(before, metric)
     if "target_speedup" in targets:
         final = before.macs / targets["target_speedup"]
@@ -390,7 +380,7 @@ def _prune(model, example_inputs, ratio, scorer, needs_grad, settings, targets, 
     for i in rounds:
         if i > 1:
             graph = build_graph(model, example_inputs, ignored_layers=ignored_layers, leaf_modules=leaf_modules,
-                                frozen=frozen, attention=attention)
+                            frozen=frozen, attention=attention)
         if needs_grad:
             with _progress.stage("score"):  # the gradient pass over the calibration batches
                 scorer.accumulate(model, calibration, loss_fn=loss_fn)
