@@ -101,6 +101,8 @@ def test_group_prune_and_regularized_pruner_take_the_optimizer():
     result = pruner.prune(optimizer=opt)
     assert torch.equal(opt.state[model.conv2.weight]["momentum_buffer"], _sliced(buf, result.records[0], "conv2.weight"))
     assert not any("no optimizer was passed" in n for n in result.notes)
+    assert result.settings["ratio"] == 0.5 and "GReg1" in result.settings["importance"]
+    assert str(result).startswith("settings: ratio=0.5")
     opt.zero_grad()
     F.cross_entropy(model(X), Y).backward()
     opt.step()

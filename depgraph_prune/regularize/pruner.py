@@ -296,7 +296,7 @@ def _producer_member(group):
     return next((m for m in params if m.dim == 0), params[0])
 
 
-def _make_result(before, after, widths, record: dict, notes: list) -> PruneResult:
+def _make_result(before, after, widths, record: dict, notes: list, settings: dict | None = None) -> PruneResult:
     """A ``PruneResult`` whatever its field names (``record`` dict, or ``records`` list + ``notes``)."""
     names = {f.name for f in dataclasses.fields(PruneResult)}
     kw = {}
@@ -306,6 +306,8 @@ def _make_result(before, after, widths, record: dict, notes: list) -> PruneResul
         kw["record"] = record
     if "notes" in names:
         kw["notes"] = notes
+    if "settings" in names and settings:
+        kw["settings"] = settings
     return PruneResult(before=before, after=after, widths=widths, **kw)
 
 
@@ -630,7 +632,12 @@ class RegularizedPruner:
         notes = list(getattr(self.graph, "notes", []) or [])
         if record and optimizer is None:
             notes.append(OPTIMIZER_NOTE.replace("dp.prune", "prune()"))
-        return _make_result(before, after, widths, record, notes)
+        from ..prune import _importance_name
+        settings = {"ratio": self.ratio, "ratios": self.ratios if isinstance(self.ratios, dict) else None,
+                    "importance": f"{_importance_name(self.importance)} after {type(self.method).__name__} "
+                                  "regularization",
+                    "scope": "each regularized group"}
+        return _make_result(before, after, widths, record, notes, settings)
 
     def _check_structure(self) -> None:
         for gs in self._groups:
