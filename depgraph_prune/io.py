@@ -9,15 +9,17 @@ weights::
     >>> import torch, torchvision, depgraph_prune as dp        # doctest: +SKIP
     >>> model = torchvision.models.resnet50()
     >>> dp.prune(model, torch.randn(1, 3, 224, 224), ratio=0.5)
-    >>> dp.save(model, "resnet50_pruned.safetensors")
-    >>> again = dp.load("resnet50_pruned.safetensors", torchvision.models.resnet50())
+    >>> dp.save(model, "resnet50_pruned.dpz")
+    >>> again = dp.load("resnet50_pruned.dpz", torchvision.models.resnet50())
 
-File layout (format version 1). The container is safetensors when the ``safetensors`` package is
-installed (the default, ``container="auto"``), otherwise a ``torch.save`` zip archive of a dict of
-strings and plain tensors, read back with ``torch.load(weights_only=True)``. Either way it holds:
+File layout (format version 1): a safetensors file (``safetensors`` is a dependency of
+depgraph_prune, the one container written). Files written by earlier versions as a ``torch.save``
+zip archive of a dict of strings and plain tensors still load (read with
+``torch.load(weights_only=True)``). Either way the file holds:
 
 * ``header``: a JSON string ``{"format": "depgraph_prune", "version": 1, "kind": "model" | "state",
-  ...}``; for a model also ``record`` (the pruning record), ``aliases`` (tied names → the name
+  ...}``; for a model also ``model`` (its class), ``arch`` (when given to ``save``: how to build
+  the unpruned model, e.g. ``"resnet18"``), ``record`` (the pruning record), ``aliases`` (tied names → the name
   stored) and ``buffers`` (names of the stored tensors that are buffers, non-persistent ones
   included);
 * the tensors, CPU, contiguous, under their qualified names, each stored once;
@@ -123,14 +125,22 @@ def _have_safetensors() -> bool:
     return True
 
 
-def _write(path, header: str, tensors: dict[str, torch.Tensor], container: str) -> None:
-    if container not in ("auto", "safetensors", "torch"):
-        raise PruningError(f"container must be 'auto', 'safetensors' or 'torch', got {container!r}")
-    if container == "auto":
-        container = "safetensors" if _have_safetensors() else "torch"
+_NO_SAFETENSORS = "the safetensors package, a dependency of depgraph-prune, is not installed (pip install safetensors)"
+
+
+def _file_mode() -> int:
+    """``0o666`` less the process umask: the mode ``open()`` would give a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _write(path, header: str, tensors: dict[str, torch.Tensor], container: str = "safetensors") -> None:
+    """Write atomically: a temporary file next to ``path``, renamed when complete, with the mode a
+    plain ``open()`` would give (``mkstemp`` makes it 0600). ``container="torch"`` is the writer
+    of earlier versions, kept only so tests can make such files for the reader."""
     if container == "safetensors" and not _have_safetensors():
-        raise PruningError("container='safetensors' needs the safetensors package "
-                           "(pip install 'depgraph-prune[io]'), or use container='torch'")
+        raise PruningError(f"save: {_NO_SAFETENSORS}")
     checksum = _checksum(header, tensors)
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -140,8 +150,11 @@ def _write(path, header: str, tensors: dict[str, torch.Tensor], container: str) 
         if container == "safetensors":
             from safetensors.torch import save_file
             save_file(tensors, tmp, metadata={_HEADER_KEY: header, _CHECKSUM_KEY: checksum})
-        else:
+        elif container == "torch":
             torch.save({_HEADER_KEY: header, _CHECKSUM_KEY: checksum, _TENSORS_KEY: tensors}, tmp)
+        else:
+            raise PruningError(f"unknown container {container!r}")
+        os.chmod(tmp, _file_mode())  # after writing: a writer may replace the file it was given
         os.replace(tmp, path)  # a crash mid-write never leaves a half-written file under `path`
     except BaseException:
         try:
@@ -174,8 +187,7 @@ def _read_raw(path) -> tuple[str, str, dict[str, torch.Tensor]]:
             raise FormatError(f"{path!r}: its tensor table holds something other than named plain tensors")
         return obj[_HEADER_KEY], obj[_CHECKSUM_KEY], tensors
     if not _have_safetensors():
-        raise FormatError(f"{path!r} is not a torch archive; reading a safetensors file needs the "
-                          "safetensors package (pip install 'depgraph-prune[io]')")
+        raise LoadError(f"cannot read {path!r}: {_NO_SAFETENSORS}")
     from safetensors import safe_open
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
@@ -249,12 +261,14 @@ def _module_tensors(model: nn.Module):
                 yield prefix + attr, mod, attr, t, True, attr not in mod._non_persistent_buffers_set
 
 
-def save(model: nn.Module, path, *, container: str = "auto", sparse="masked") -> None:
+def save(model: nn.Module, path, *, arch: str | None = None, sparse="masked") -> None:
     """Write ``model``'s pruning record and weights (parameters and buffers, non-persistent
-    buffers included) to ``path``; reload with :func:`load` into a fresh, unpruned model.
+    buffers included) to ``path`` (safetensors); reload with :func:`load` into a fresh, unpruned
+    model. ``arch``: optional note in the header of how to build that unpruned model (the
+    command line stores its ``--model`` / ``--base`` there and suggests it when loading).
 
-    The file is written to a temporary name next to ``path`` and renamed when complete.
-    ``container``: ``"auto"`` (safetensors if installed, else torch), ``"safetensors"`` or ``"torch"``.
+    The file is written to a temporary name next to ``path`` and renamed when complete; its mode
+    follows the umask, as for any new file.
     ``sparse``: ``"masked"`` (default) stores the masked parameters (:func:`depgraph_prune.sparsify`)
     compactly, nonzero values plus a bitmap, and their masks with them (an unmasked model's file
     is unchanged); ``"auto"`` also packs unmasked parameters with at least half exact zeros (64
@@ -276,6 +290,8 @@ def save(model: nn.Module, path, *, container: str = "auto", sparse="masked") ->
             buffers.append(name)
     meta = {"format": _FORMAT, "version": FORMAT_VERSION, "kind": "model", "model": type(model).__name__,
             "torch": torch.__version__, "record": record, "aliases": aliases, "buffers": buffers}
+    if arch is not None:
+        meta["arch"] = str(arch)
     named = _cpu_tensors(named)
     named, sparse_meta = _sparse_pack(model, named, set(buffers), sparse)
     if sparse_meta:
@@ -284,7 +300,7 @@ def save(model: nn.Module, path, *, container: str = "auto", sparse="masked") ->
         header = json.dumps(meta, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise PruningError(f"save: the pruning record of {type(model).__name__} is not JSON-serializable ({exc})") from exc
-    _write(path, header, named, container)
+    _write(path, header, named)
 
 
 # ============================================================================ sparse tensors
@@ -843,7 +859,7 @@ def _decode(obj, tensors: dict):
     return {k: _decode(v, tensors) for k, v in obj.items()}
 
 
-def save_state(state: Any, path, *, container: str = "auto") -> None:
+def save_state(state: Any, path) -> None:
     """Write a plain state dict (``RegularizedPruner.state_dict()``, ``optimizer.state_dict()``, ...)
     as JSON + tensors, with the same checksum and versioning as :func:`save`."""
     tensors: dict[str, torch.Tensor] = {}
@@ -851,7 +867,7 @@ def save_state(state: Any, path, *, container: str = "auto") -> None:
     meta = {"format": _FORMAT, "version": FORMAT_VERSION, "kind": "state", "torch": torch.__version__,
             "state": encoded}
     header = json.dumps(meta, allow_nan=False, separators=(",", ":"))
-    _write(path, header, _cpu_tensors(tensors), container)
+    _write(path, header, _cpu_tensors(tensors))
 
 
 def load_state(path, map_location=None) -> Any:

@@ -18,7 +18,7 @@ Typical loop (GReg-1)::
     optimizer = make_optimizer(model)    # fresh optimizer for fine-tuning (as in the papers)
 
 The surgery keeps parameter objects (``param.data`` is swapped) but their optimizer state (momentum)
-has the old shapes: build a new optimizer after ``prune()``.
+has the old shapes: pass it along (``pruner.prune(optimizer=optimizer)``) to have it sliced, or build a new optimizer.
 
 Distributed data parallel (``torch.nn.parallel.DistributedDataParallel``)
 -------------------------------------------------------------------------
@@ -77,7 +77,7 @@ from .. import importance as _imp
 from ..analysis import _separation, filter_l1_norms
 from ..errors import PruningError
 from ..measure import count_ops
-from ..prune import PruneResult, build_graph, select_channels, width_row
+from ..prune import OPTIMIZER_NOTE, PruneResult, build_graph, select_channels, width_row
 from ..specs import match_ratio, name_patterns, resnet_stages, validate_ratios
 from .methods import Method, make_method
 
@@ -297,7 +297,7 @@ def _producer_member(group):
     return next((m for m in params if m.dim == 0), params[0])
 
 
-def _make_result(before, after, widths, record: dict, notes: list) -> PruneResult:
+def _make_result(before, after, widths, record: dict, notes: list, settings: dict | None = None) -> PruneResult:
     """A ``PruneResult`` whatever its field names (``record`` dict, or ``records`` list + ``notes``)."""
     names = {f.name for f in dataclasses.fields(PruneResult)}
     kw = {}
@@ -307,6 +307,8 @@ def _make_result(before, after, widths, record: dict, notes: list) -> PruneResul
         kw["record"] = record
     if "notes" in names:
         kw["notes"] = notes
+    if "settings" in names and settings:
+        kw["settings"] = settings
     return PruneResult(before=before, after=after, widths=widths, **kw)
 
 
@@ -616,10 +618,12 @@ class RegularizedPruner:
         self.progress = False
 
     # -- surgery -------------------------------------------------------------------------------------------
-    def prune(self, *, verify=True) -> PruneResult:
+    def prune(self, optimizer=None, *, verify=True) -> PruneResult:
         """Remove ``S_p`` of every regularized group from the model (in place, through the
         engine) and return a :class:`~depgraph_prune.prune.PruneResult`. GReg-2 before its pick and
-        GrowingReg choose ``S_p`` now, on the current weights. Build a new optimizer afterwards.
+        GrowingReg choose ``S_p`` now, on the current weights. Pass the training ``optimizer`` to
+        have its state (momentum, Adam moments) sliced along in place; without it, call
+        ``dp.rebuild_optimizer(optimizer, model)`` or build a new optimizer afterwards.
 
         ``verify`` as in :func:`depgraph_prune.prune`: the surgery is checked numerically; a
         group whose removal changes the output is kept (``result.verification`` says which)."""
@@ -637,7 +641,7 @@ class RegularizedPruner:
         plan = {gs.group: list(gs.pruned) for gs in self._groups if gs.pruned}
         inputs = _to_device(self.example_inputs, self._device())
         before = count_ops(self.model, inputs)
-        record = self.graph.prune(plan, verify=verify) if plan else {}
+        record = self.graph.prune(plan, verify=verify, optimizer=optimizer) if plan else {}
         report = getattr(self.graph, "last_verification", None)
         guilty = report.guilty if report is not None else {}
         widths = [width_row(g, c) for g, c in plan.items() if g.index not in guilty]
@@ -648,7 +652,14 @@ class RegularizedPruner:
             self._bar.close()
             self._bar = None
         notes = list(getattr(self.graph, "notes", []) or []) + (report.notes() if report is not None else [])
-        result = _make_result(before, after, widths, record, notes)
+        if record and optimizer is None:
+            notes.append(OPTIMIZER_NOTE.replace("dp.prune", "prune()"))
+        from ..prune import _importance_name
+        settings = {"ratio": self.ratio, "ratios": self.ratios if isinstance(self.ratios, dict) else None,
+                    "importance": f"{_importance_name(self.importance)} after {type(self.method).__name__} "
+                                  "regularization",
+                    "scope": "each regularized group"}
+        result = _make_result(before, after, widths, record, notes, settings)
         if report is not None and hasattr(result, "verification"):
             result.verification = [report]
         return result
