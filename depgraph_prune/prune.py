@@ -444,8 +444,7 @@ def _apply_verified(graph, plan, replan, verify, optimizer=None):
             return graph.prune(plan, verify=False, optimizer=optimizer), plan, []
     reports = []
     for _ in range(8):
-        with _progress.stage("verify"):  # surgery and check together: the check undoes what fails
-            record, report = _verify.apply(graph, plan, mode=verify, keep_partial=False)
+        record, report = _verify.apply(graph, plan, mode=verify, keep_partial=False)
         reports.append(report)
         graph.freeze_groups(report.guilty)
         if record is not None:

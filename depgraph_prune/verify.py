@@ -43,6 +43,7 @@ from torch import nn
 from torch.nn.utils import stateless
 
 from .errors import PruningError, SurgeryError
+from .progress import stage
 
 #: models with at most this many parameter and buffer elements are checked in float64
 F64_LIMIT = 5_000_000
@@ -479,13 +480,15 @@ class _Checker:
         # float64 runs are on copies, so they are also made with excited weights (see _excite)
         variants = (False, True) if self.dtype is not None else (False,)
         refs = []
-        for excite in variants:
-            base = base_state(model, self.dtype, excite) if self.dtype is not None else None
-            probe = Probe(model, removed)
-            with masked(model, removed, base) as state:
-                refs.append((run(model, inputs, self.dtype, state, affine_norms, probe), probe, base, excite))
-            self.report.runs += 1
-        record = apply_plan(self.graph, plan)
+        with stage("verify"):
+            for excite in variants:
+                base = base_state(model, self.dtype, excite) if self.dtype is not None else None
+                probe = Probe(model, removed)
+                with masked(model, removed, base) as state:
+                    refs.append((run(model, inputs, self.dtype, state, affine_norms, probe), probe, base, excite))
+                self.report.runs += 1
+        with stage("surgery"):
+            record = apply_plan(self.graph, plan)
         diff = 0.0
         try:
             for ref, probe, base, excite in refs:
@@ -493,7 +496,8 @@ class _Checker:
                 state = (pruned_state(model, self.dtype, base, removed, excite, (record or {}).get("rescaled", ()))
                          if self.dtype is not None else None)
                 try:
-                    out = run(model, inputs, self.dtype, state, affine_norms, probe)
+                    with stage("verify"):
+                        out = run(model, inputs, self.dtype, state, affine_norms, probe)
                 except Exception:  # the pruned model does not even run: as wrong as can be
                     diff = float("inf")
                     break
@@ -593,7 +597,8 @@ def apply(graph, plan: Mapping, mode=True, keep_partial: bool = True, progress=N
         final_plan = {g: c for g, c in final_plan.items() if g not in bad}
     if not final_plan:
         return {}, report
-    record = apply_plan(graph, final_plan)
+    with stage("surgery"):
+        record = apply_plan(graph, final_plan)
     if record and report.structural:
         problem = check_runs(model, graph.example_inputs, graph._output_structure)
         if problem:
