@@ -464,8 +464,9 @@ def classify(graph, groups) -> tuple[set, set, dict]:
 
 # ------------------------------------------------------------------------------------ checking
 class _Checker:
-    def __init__(self, graph, dtype, report: Verification, progress=None):
+    def __init__(self, graph, dtype, report: Verification, progress=None, inputs=None):
         self.graph = graph
+        self.inputs = inputs
         self.dtype = dtype
         self.report = report
         self.tol = TOLERANCE.get(dtype or model_dtype(graph.model), 1e-4)
@@ -475,7 +476,8 @@ class _Checker:
         """(relative difference, record or None). The model is restored unless ``keep`` and the
         plan passed, in which case the surgery stays and its record is returned."""
         from .surgery import apply_plan
-        model, inputs = self.graph.model, self.graph.example_inputs
+        model = self.graph.model
+        inputs = self.inputs if self.inputs is not None else self.graph.example_inputs
         removed = _removed_positions(self.graph, plan)
         # float64 runs are on copies, so they are also made with excited weights (see _excite)
         variants = (False, True) if self.dtype is not None else (False,)
@@ -540,13 +542,15 @@ class _Checker:
         return found
 
 
-def apply(graph, plan: Mapping, mode=True, keep_partial: bool = True, progress=None):
+def apply(graph, plan: Mapping, mode=True, keep_partial: bool = True, progress=None, inputs=None):
     """Apply ``plan`` to ``graph``'s model with numerical verification.
 
     Returns ``(record, report)``. ``record`` is the surgery record (``{}`` when nothing was
     pruned) or None when groups failed and ``keep_partial`` is False (the model is then as it
     was; the caller freezes ``report.guilty`` and plans again). With ``mode="raise"`` a failure
-    raises :class:`VerificationError` instead, the model restored.
+    raises :class:`VerificationError` instead, the model restored. ``inputs``: what the check runs
+    on (default: the graph's example inputs), e.g. a smaller image for a convolutional network,
+    whose couplings do not depend on the spatial size.
     """
     from .surgery import apply_plan, check_runs
     model = graph.model
@@ -559,7 +563,7 @@ def apply(graph, plan: Mapping, mode=True, keep_partial: bool = True, progress=N
         report.skipped = "the model is on the meta device: only the structural check ran"
         record = apply_plan(graph, plan)
         return record, report
-    checker = _Checker(graph, dtype, report, progress)
+    checker = _Checker(graph, dtype, report, progress, inputs)
     report.dtype = str(dtype or model_dtype(model)).replace("torch.", "")
     report.tolerance = checker.tol
     exact, affine, structural = classify(graph, list(plan))

@@ -122,7 +122,7 @@ class DependencyGraph:
 
     # -- surgery ------------------------------------------------------------------------------
     def prune(self, plan: Mapping[Group, Sequence[int]], *, validate: bool = True, verify=True,
-              optimizer=None) -> dict:
+              optimizer=None, verify_inputs=None) -> dict:
         """Remove the given channels of each group, all or nothing. Returns the kept indices
         per ``"name:dim"``. The graph is stale afterwards: build a new one to go on.
 
@@ -135,7 +135,8 @@ class DependencyGraph:
         model is still run once on meta tensors; if it fails or its output structure changed,
         the surgery is undone and ``SurgeryError`` is raised: a broken model never comes out.
         ``optimizer``: its per-parameter state is sliced to the kept channels once the surgery
-        stands (:func:`depgraph_prune.rebuild_optimizer`)."""
+        stands (:func:`depgraph_prune.rebuild_optimizer`). ``verify_inputs``: what the check runs
+        on instead of the example inputs (a smaller image makes it cheaper for a CNN)."""
         from .._memory import release_free_memory
         from ..optim import check_optimizer, rebuild_optimizer
         from ..surgery import apply_plan, check_runs
@@ -146,7 +147,7 @@ class DependencyGraph:
             raise PruningError(f"verify must be True, False or 'raise', got {verify!r}")
         check_optimizer(optimizer, self.model)
         if verify:
-            record, report = _verify.apply(self, plan, mode=verify, keep_partial=True)
+            record, report = _verify.apply(self, plan, mode=verify, keep_partial=True, inputs=verify_inputs)
             self.last_verification = report
             self.freeze_groups(report.guilty)
         else:
