@@ -467,15 +467,18 @@ class _Checker:
         from .surgery import apply_plan
         model, inputs = self.graph.model, self.graph.example_inputs
         removed = _removed_positions(self.graph, plan)
-        # float64 runs are on copies, so they are also made with excited weights (see _excite)
-        variants = (False, True) if self.dtype is not None else (False,)
-        refs = []
-        for excite in variants:
-            base = base_state(model, self.dtype, excite) if self.dtype is not None else None
-            probe = Probe(model, removed)
-            with masked(model, removed, base) as state:
-                refs.append((run(model, inputs, self.dtype, state, affine_norms, probe), probe, base, excite))
-            self.report.runs += 1
+        try:
+            refs = self._references(model, inputs, removed, affine_norms)
+        except Exception:
+            if self.dtype is None:
+                raise
+            # some kernels have no float64 version (``_grouped_mm`` of MoE experts): check in
+            # the model's own dtype instead
+            self.dtype = None
+            self.tol = TOLERANCE.get(model_dtype(model), 1e-4)
+            self.report.dtype = str(model_dtype(model)).replace("torch.", "")
+            self.report.tolerance = self.tol
+            refs = self._references(model, inputs, removed, affine_norms)
         record = apply_plan(self.graph, plan)
         diff = 0.0
         try:
@@ -500,6 +503,18 @@ class _Checker:
         if record:
             record["undo"]()
         return diff, None
+
+    def _references(self, model, inputs, removed, affine_norms):
+        # float64 runs are on copies, so they are also made with excited weights (see _excite)
+        variants = (False, True) if self.dtype is not None else (False,)
+        refs = []
+        for excite in variants:
+            base = base_state(model, self.dtype, excite) if self.dtype is not None else None
+            probe = Probe(model, removed)
+            with masked(model, removed, base) as state:
+                refs.append((run(model, inputs, self.dtype, state, affine_norms, probe), probe, base, excite))
+            self.report.runs += 1
+        return refs
 
     def guilty(self, plan, affine: set) -> dict:
         """Bisect a failing plan: the groups that fail on their own (or, where only a combination
@@ -586,7 +601,8 @@ def apply(graph, plan: Mapping, mode=True, keep_partial: bool = True, progress=N
         return {}, report
     record = apply_plan(graph, final_plan)
     if record and report.structural:
-        problem = check_runs(model, graph.example_inputs, graph._output_structure)
+        problem = check_runs(model, graph.example_inputs, graph._output_structure,
+                             meta=getattr(graph._ctx, "meta_ok", True))
         if problem:
             record["undo"]()
             raise SurgeryError(f"the pruned model failed its check ({problem}); the surgery was undone. "
