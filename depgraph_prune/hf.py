@@ -84,8 +84,10 @@ def update_config(model: nn.Module) -> list[str]:
             changed.append(f"{key}: {getattr(config, key)} -> {value}")
             setattr(config, key, value)
 
-    get_emb = getattr(model, "get_input_embeddings", None)
-    emb = get_emb() if callable(get_emb) else None
+    try:
+        emb = model.get_input_embeddings()
+    except Exception:  # vision and audio models have none (transformers raises NotImplementedError)
+        emb = None
     old_heads = getattr(config, "num_attention_heads", None)
     old_hidden = getattr(config, "hidden_size", None)
     if isinstance(emb, nn.Embedding):
