@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._fast_meta import on_meta, to_meta
+from ._fast_meta import to_meta
 from ._memory import release_free_memory
 from .errors import PruningError, SurgeryError
 
