@@ -16,9 +16,10 @@ from depgraph_prune.zoo_hf import BY_NAME, MODELS, structure  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# GPT-2 (Conv1D/addmm, split_size), Llama (grouped-query attention), Mixtral (experts),
-# BERT (encoder with a dict of inputs), ViT (vision)
-DEFAULT = ["gpt2", "llama", "mixtral", "bert", "vit"]
+# one or more per family: GPT-2 (Conv1D/addmm, split_size), Llama (grouped-query attention),
+# Mixtral (experts), BERT (encoder), T5 (encoder-decoder, relative attention bias shared by the
+# layers), ViT (vision), the Whisper encoder (audio), UNet2DModel (diffusers, optional class_labels)
+DEFAULT = ["gpt2", "llama", "mixtral", "bert", "t5", "vit", "whisper_encoder", "unet2d"]
 
 
 def _prune_and_check(name):
