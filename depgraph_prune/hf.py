@@ -4,8 +4,11 @@
 (duck-typed: the package never imports transformers). Where every layer has the same width, the
 config field is set (``hidden_size``, ``num_attention_heads``, ``num_key_value_heads``,
 ``head_dim``, ``intermediate_size`` or the family's name for it), so ``save_pretrained`` /
-``from_pretrained`` rebuild the pruned architecture. Where layers differ, the per-layer widths are
-recorded in ``config.pruned_widths`` (saved with the config, but transformers' model classes
+``from_pretrained`` rebuild the pruned architecture; this is checked by building the class from
+the new config on the meta device and comparing every shape and head width. Where layers differ,
+or the config has no field for a width (BERT's heads pruned with the hidden size kept: its head
+size is ``hidden_size // num_attention_heads``), the config is left as it was and the per-layer
+widths are recorded in ``config.pruned_widths`` (saved with the config; transformers' classes
 cannot build from it: reload those with ``dp.save`` / ``dp.load``).
 
 Example::
@@ -77,11 +80,12 @@ def update_config(model: nn.Module) -> list[str]:
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "to_dict") or not hasattr(config, "num_hidden_layers"):
         return []
-    changed = []
+    changed, old = [], {}
 
     def put(key, value):
         if hasattr(config, key) and getattr(config, key) != value:
             changed.append(f"{key}: {getattr(config, key)} -> {value}")
+            old.setdefault(key, getattr(config, key))
             setattr(config, key, value)
 
     try:
@@ -112,11 +116,14 @@ def update_config(model: nn.Module) -> list[str]:
             put("head_dim", old_hidden // old_heads)
     problem = None if varying else describes(model)
     if varying or problem:
+        # a config that half-describes the model would build a wrong one: leave it as it was
+        for key, value in old.items():
+            setattr(config, key, value)
         config.pruned_widths = widths
-        changed.append("the config cannot describe the pruned model ("
-                       + (f"per-layer widths differ: {sorted(varying)}" if varying else problem)
-                       + "): per-layer widths are in config.pruned_widths; reload with dp.save/dp.load, "
-                         "not from_pretrained")
+        changed = ["the config cannot describe the pruned model, so it was left as it was ("
+                   + (f"per-layer widths differ: {sorted(varying)}" if varying else problem)
+                   + "): per-layer widths are in config.pruned_widths; reload with dp.save/dp.load, "
+                     "not from_pretrained"]
     return changed
 
 

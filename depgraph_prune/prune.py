@@ -279,7 +279,7 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
         from .hf import update_config
         changed = update_config(model)
         if changed:
-            notes.append("model.config updated: " + "; ".join(changed))
+            notes.append("model.config: " + "; ".join(changed))
     if not any(True for _ in model.parameters()):
         notes.append("the model has no parameters: nothing to prune")
     elif not records:

@@ -99,7 +99,7 @@ def test_config_describes_the_pruned_llama_and_from_pretrained_rebuilds_it(tmp_p
     model, inputs = BY_NAME["llama"].build()
     result = dp.prune(model, inputs, ratio=0.5)
     cfg = model.config
-    assert any("model.config updated" in n for n in result.notes), result.notes
+    assert any(n.startswith("model.config: hidden_size: 64 -> 32") for n in result.notes), result.notes
     assert (cfg.hidden_size, cfg.intermediate_size) == (32, 64)
     assert cfg.num_key_value_heads == 1 and cfg.num_attention_heads == 2 and cfg.head_dim == 16
     assert hf.describes(model) is None
@@ -119,6 +119,7 @@ def test_config_that_cannot_describe_says_so_and_dp_load_still_works(tmp_path):
     result = dp.prune(model, inputs, ratio=0.5)
     assert any("cannot describe" in n for n in result.notes), result.notes
     assert "num_attention_heads" in model.config.pruned_widths
+    assert (model.config.num_attention_heads, model.config.intermediate_size) == (4, 128)  # left as it was
     dp.save(model, tmp_path / "bert.dpp")
     fresh, _ = BY_NAME["bert"].build()
     dp.load(tmp_path / "bert.dpp", fresh)
