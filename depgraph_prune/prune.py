@@ -420,6 +420,11 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
             callback(model, i)
     with _progress.stage("count"):
         after = count_ops(model, example_inputs)
+    if records and hasattr(getattr(model, "config", None), "to_dict"):  # a transformers model
+        from .hf import update_config
+        changed = update_config(model)
+        if changed:
+            notes.append("model.config: " + "; ".join(changed))
     if not any(True for _ in model.parameters()):
         notes.append("the model has no parameters: nothing to prune")
     elif not records:
