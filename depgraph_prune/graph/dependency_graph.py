@@ -152,6 +152,8 @@ def _out_key(name: str, mod: nn.Module) -> tuple[str, int]:
         return (f"{prefix}weight", 1)
     if isinstance(mod, nn.Embedding):
         return (f"{prefix}weight", 1)
+    if isinstance(mod, nn.RNNBase):  # what it outputs: the hidden units (or their projection)
+        return (f"{prefix}{'proj_size' if getattr(mod, 'proj_size', 0) else 'hidden_size'}", 0)
     if getattr(mod, "weight", None) is None:
         for attr in ("num_features", "num_channels"):
             if hasattr(mod, attr):

@@ -4,7 +4,8 @@
   reductions, matmul, size arithmetic;
 * ``layers``: convolutions, linear, norms, embeddings, pooling, shuffles, activations;
 * ``attention``: ``nn.MultiheadAttention``;
+* ``recurrent``: ``nn.LSTM``, ``nn.GRU``, ``nn.RNN`` (input, hidden and projection widths);
 * ``torchvision``: functions torchvision wraps with ``torch.fx.wrap`` (loaded lazily, once
   torchvision is imported: see ``registry.load_optional_rules``).
 """
-from . import tensor_ops, layers, attention  # noqa: F401  (registers the rules)
+from . import tensor_ops, layers, attention, recurrent  # noqa: F401  (registers the rules)
