@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils import stateless
 from torch.utils.flop_counter import FlopCounterMode
 
 from ._fast_meta import on_meta, to_meta
+from ._isolation import restore, snapshot
 
 __all__ = ["OpCount", "count_ops", "speedup"]
 
@@ -56,7 +58,8 @@ def count_ops(model: nn.Module, example_inputs) -> OpCount:
     arguments, or a dict of keyword arguments. Nothing is moved between devices: the inputs must
     already live where the model does. The model is measured in eval mode (so e.g. BatchNorm
     running statistics are not touched) and every module's ``training`` flag is restored
-    afterwards; no parameter, buffer or ``.grad`` is modified.
+    afterwards; no parameter, buffer or ``.grad`` is modified, and whatever ``forward`` stores on
+    its modules (cached anchors, shapes, flags) is put back as it was.
 
     >>> import torch
     >>> from torch import nn
@@ -73,6 +76,9 @@ def count_ops(model: nn.Module, example_inputs) -> OpCount:
     # Remember each module's own flag: a model can mix train and eval submodules on purpose.
     flags = [(m, m.training) for m in model.modules()]
     fastpath = torch.backends.mha.get_fastpath_enabled()
+    # what forward caches on self (anchors, shapes, flags) is put back afterwards: a meta tensor
+    # left in a cache would break the model's next real forward
+    saved = snapshot(model)
     try:
         model.eval()
         # Under no_grad, eval-mode nn.MultiheadAttention / TransformerEncoderLayer would take a
@@ -88,9 +94,14 @@ def count_ops(model: nn.Module, example_inputs) -> OpCount:
             with torch.no_grad(), on_meta(model), FlopCounterMode(display=False) as counter:
                 model(*margs, **mkwargs)
         except Exception:  # data-dependent code (x.item(), nonzero) needs the real tensors
-            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            restore(saved)
+            # on copies of the buffers: a forward that updates them in place changes nothing
+            buffers = {k: v.detach().clone() for k, v in model.named_buffers(remove_duplicate=False)}
+            with torch.no_grad(), stateless._reparametrize_module(model, buffers), \
+                    FlopCounterMode(display=False) as counter:
                 model(*args, **kwargs)
     finally:
+        restore(saved)
         torch.backends.mha.set_fastpath_enabled(fastpath)
         for m, training in flags:
             m.training = training

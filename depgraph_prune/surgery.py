@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ._fast_meta import on_meta, to_meta
+from ._isolation import restore, snapshot
 from ._memory import release_free_memory
 from .errors import PruningError, SurgeryError
 
@@ -324,25 +325,32 @@ def output_structure(out):
 
 def check_runs(model: nn.Module, example_inputs, expected) -> str | None:
     """Run ``model`` once (on meta copies of its tensors when possible, else for real, without
-    touching its buffers) and return what went wrong, or None."""
+    touching its buffers) and return what went wrong, or None. Whatever ``forward`` caches on its
+    modules (anchors, shapes, flags) is put back afterwards: a meta tensor left in such a cache
+    would break the model's next real forward."""
     from torch.nn.utils import stateless
 
     from .trace import _modes, normalize_inputs
     args, kwargs = normalize_inputs(example_inputs)
     out = None
+    saved = snapshot(model)
     try:
-        with _modes(model, False), torch.no_grad(), on_meta(model):
-            margs, mkwargs = to_meta((args, kwargs))
-            out = model(*margs, **mkwargs)
-    except Exception as exc:
-        if not _meta_limitation(exc):
-            return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        try:  # data-dependent code (x.item(), if x.sum() > 0) cannot run on meta tensors
-            buffers = {k: v.detach().clone() for k, v in model.named_buffers(remove_duplicate=False)}
-            with _modes(model, False), torch.no_grad(), stateless._reparametrize_module(model, buffers):
-                out = model(*args, **kwargs)
-        except Exception as exc2:
-            return f"{type(exc2).__name__}: {str(exc2).splitlines()[0] if str(exc2) else ''}"
+        try:
+            with _modes(model, False), torch.no_grad(), on_meta(model):
+                margs, mkwargs = to_meta((args, kwargs))
+                out = model(*margs, **mkwargs)
+        except Exception as exc:
+            if not _meta_limitation(exc):
+                return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            restore(saved)  # the meta run may have cached meta tensors before it failed
+            try:  # data-dependent code (x.item(), if x.sum() > 0) cannot run on meta tensors
+                buffers = {k: v.detach().clone() for k, v in model.named_buffers(remove_duplicate=False)}
+                with _modes(model, False), torch.no_grad(), stateless._reparametrize_module(model, buffers):
+                    out = model(*args, **kwargs)
+            except Exception as exc2:
+                return f"{type(exc2).__name__}: {str(exc2).splitlines()[0] if str(exc2) else ''}"
+    finally:
+        restore(saved)
     try:
         got = output_structure(out)
         if expected is not None and _flat(got) != _flat(expected):
