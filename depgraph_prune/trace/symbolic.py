@@ -22,15 +22,7 @@ from torch.utils import _pytree as pytree
 
 from .._fast_meta import on_meta, to_meta
 from ..errors import TraceError
-
-
-def normalize_inputs(example_inputs: Any) -> tuple[tuple, dict]:
-    """A tuple/list is positional args, a dict is keyword args, anything else one positional arg."""
-    if isinstance(example_inputs, dict):
-        return (), dict(example_inputs)
-    if isinstance(example_inputs, (tuple, list)):
-        return tuple(example_inputs), {}
-    return (example_inputs,), {}
+from .inputs import Binding, bind, normalize_inputs  # noqa: F401  (normalize_inputs is re-exported)
 
 
 def rule_type(m: nn.Module, types) -> type | None:
@@ -57,6 +49,19 @@ class _SequenceLength:
     def __getattr__(self, k):
         return _Attribute(self, k)  # x.shape is an attribute proxy: it needs the same length
 
+    # Python-level uses of a traced integer (``range(n)``, ``python_list[i]``, ``int(n)``,
+    # ``math.sqrt(d)``) take its value on the example input. The tracer records the node as
+    # deciding, so the builder pins every width the value was read from: a size baked into the
+    # graph as a constant can then never go stale.
+    def __index__(self):
+        return self.tracer.concretize(self, int)
+
+    def __int__(self):
+        return self.tracer.concretize(self, int)
+
+    def __float__(self):
+        return self.tracer.concretize(self, float)
+
 
 class _Proxy(_SequenceLength, fx.Proxy):
     pass
@@ -77,6 +82,21 @@ class _Tracer(fx.Tracer):
         self._leaf_names = leaf_names
         self._stack: list[str] = []
         self.failed_in: str | None = None  # innermost module whose forward raised
+        self.proxy_buffer_attributes = True  # ``self.position_ids[:, :n]`` slices a traced buffer
+        self._values: dict = {}  # node -> its value on the meta example input (see _concrete)
+        self._interp = None
+
+    def concretize(self, proxy, kind):
+        """The value of a traced scalar on the example input, as ``kind``; recorded as deciding."""
+        value = self._concrete(proxy.node)
+        if isinstance(value, torch.Tensor):
+            if value.device.type == "meta" or value.numel() != 1:
+                raise fx.proxy.TraceError(f"{kind.__name__}() of a traced tensor depends on its data")
+            value = value.item()
+        if isinstance(value, fx.Proxy) or not isinstance(value, (int, float, bool)):
+            raise fx.proxy.TraceError(f"could not take {kind.__name__}() of {proxy.node.name!r} on the example input")
+        self.decided.append(proxy.node.name)
+        return kind(value)
 
     def to_bool(self, obj) -> bool:
         """Shape checks (``assert x.shape[-2:] == (1, 1)``, ``if x.dim() == 4``) are decided on the
@@ -106,14 +126,12 @@ class _Tracer(fx.Tracer):
         return super().iter(obj)
 
     def _concrete(self, node):
+        """``node``'s value on the example input (meta tensors). Values are kept between calls
+        and only the nodes added since are run, in graph order (so in-place ops apply in order)."""
+        if node in self._values:
+            return self._values[node]
         if not self._meta_args:
             raise fx.proxy.TraceError("symbolically traced variables cannot be used as inputs to control flow")
-        graph, env = fx.Graph(), {}
-        for n in self.graph.nodes:
-            env[n] = graph.node_copy(n, lambda a: env[a])
-            if n is node:
-                break
-        graph.output(env[node])
         try:
             from torch.fx._symbolic_trace import _maybe_revert_all_patches as _unpatched
         except ImportError:  # pragma: no cover
@@ -121,10 +139,23 @@ class _Tracer(fx.Tracer):
         self._evaluating = True  # module calls made while evaluating must run, not be traced
         try:
             with _unpatched(), torch.no_grad():
-                # Built unpatched: the tracer's patched Module.__getattr__ would hand the
-                # GraphModule proxies instead of the parameters its get_attr nodes copy.
-                gm = fx.GraphModule(self.root, graph)
-                return gm(*self._meta_args[:sum(1 for n in graph.nodes if n.op == "placeholder")])
+                # Unpatched: the tracer's patched Module.__getattr__ would hand the interpreter
+                # proxies instead of the parameters its get_attr nodes read.
+                if self._interp is None:
+                    self._interp = fx.Interpreter(self.root, garbage_collect_values=False, graph=self.graph)
+                    self._interp.env = self._values
+                    self._placeholders = 0
+                for n in self.graph.nodes:
+                    if n in self._values:
+                        continue
+                    if n.op == "placeholder":
+                        self._values[n] = self._meta_args[self._placeholders]
+                        self._placeholders += 1
+                    else:
+                        self._values[n] = self._interp.run_node(n)
+                    if n is node:
+                        break
+                return self._values[node]
         except Exception as exc:
             raise fx.proxy.TraceError(f"control flow on a value that could not be evaluated ({exc})") from exc
         finally:
@@ -138,6 +169,11 @@ class _Tracer(fx.Tracer):
 
     def call_module(self, m, forward, args, kwargs):
         if self._evaluating:
+            return forward(*args, **kwargs)
+        if m not in (self.submodule_paths or {}) and not any(True for _ in m.parameters()) \
+                and not any(True for _ in m.buffers()):
+            # built inside forward (``nn.ReLU()(x)``, transformers' ``ACT2FN[name](x)``): it has
+            # no weights of the model, so its forward is traced inline
             return forward(*args, **kwargs)
         name = self.path_of_module(m)
         self._stack.append(name)
@@ -271,13 +307,14 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] =
     tracing is retried, recursively, so the rest of the model is still analyzed. Only a failure in
     the top-level ``forward`` itself raises ``TraceError``.
     """
-    args, kwargs = normalize_inputs(example_inputs)
+    binding = bind(model, example_inputs)
     leaf_names = set(leaf_names)
     opaque: dict[str, str] = {}
-    meta_args = _meta_positional(model, args, kwargs)
-    with _modes(model, training):
+    meta_args = tuple(to_meta(binding.leaves))
+    with _modes(model, training), _entry(model, binding), _torch_patches():
         while True:
             tracer = _Tracer(tuple(leaf_types), frozenset(leaf_names), meta_args)
+            tracer.traced_func_name = _ENTRY
             try:
                 graph = tracer.trace(model)
                 break
@@ -288,8 +325,11 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] =
                     opaque[culprit] = f"{type(exc).__name__}: {_first_line(exc)}"
                     continue
                 raise TraceError(_untraceable_message(model, exc)) from exc
+            finally:
+                tracer._values.clear()  # meta values of the whole graph: drop them now
         gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-        _propagate_shapes(gm, model, args, kwargs, real_model or model)
+    with _modes(model, training):
+        _propagate_shapes(gm, model, binding, real_model or model)
     reached = set()
     named_modules = dict(model.named_modules())
     for node in gm.graph.nodes:
@@ -301,15 +341,74 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] =
     return Trace(gm, training, reached, opaque, tracer.decided)
 
 
-def _meta_positional(model: nn.Module, args: tuple, kwargs: dict) -> tuple:
-    """The example inputs as meta tensors, in forward's parameter order (for deciding shape checks)."""
-    import inspect
+_ENTRY = "_depgraph_prune_entry"
+
+
+@contextlib.contextmanager
+def _entry(model: nn.Module, binding: Binding):
+    """fx traces ``type(root).<traced_func_name>``: give the model's class, for the duration of
+    the trace, a subclass holding the entry function made for these example inputs. The model
+    traced is the structural copy, so its class is set back before anyone else sees it."""
+    cls = type(model)
+    sub = type(cls.__name__, (cls,), {_ENTRY: binding.entry, "__module__": cls.__module__,
+                                      "__qualname__": cls.__qualname__})
+    object.__setattr__(model, "__class__", sub)
     try:
-        params = list(inspect.signature(model.forward).parameters)
-    except (TypeError, ValueError):
-        params = []
-    values = list(args) + [kwargs[p] for p in params[len(args):] if p in kwargs]
-    return tuple(to_meta(values))
+        yield
+    finally:
+        object.__setattr__(model, "__class__", cls)
+
+
+_SIZE_FACTORIES = ("ones", "zeros", "empty", "rand", "randn")
+_DATA_FACTORIES = ("tensor", "as_tensor")
+_DTYPE_INFO = ("finfo", "iinfo")
+
+
+@contextlib.contextmanager
+def _torch_patches():
+    """Torch calls that fx cannot record when given traced values: ``torch.ones(b, n)`` (sizes
+    as separate proxies: passed on as one tuple, which torch dispatches to the tracer),
+    ``torch.tensor(n)`` (recorded as a call), ``torch.finfo(x.dtype)`` (the dtype is taken on
+    the example input: pruning never changes it). Patched on the ``torch`` module only while
+    tracing; with no proxy among the arguments each calls the original unchanged."""
+    saved = {n: getattr(torch, n) for n in _SIZE_FACTORIES + _DATA_FACTORIES + _DTYPE_INFO}
+
+    def has_proxy(obj):
+        return any(isinstance(v, fx.Proxy) for v in pytree.tree_leaves(obj))
+
+    def sized(orig):
+        def call(*size, **kw):
+            if len(size) > 1 and has_proxy(size):
+                return orig(tuple(size), **kw)
+            return orig(*size, **kw)
+        return call
+
+    def data(orig):
+        def call(*args, **kw):
+            found = [v for v in pytree.tree_leaves((args, kw)) if isinstance(v, fx.Proxy)]
+            if found:
+                return found[0].tracer.create_proxy("call_function", orig, args, kw)
+            return orig(*args, **kw)
+        return call
+
+    def info(orig):
+        def call(arg=None, *rest):
+            if isinstance(arg, fx.Proxy):
+                arg = arg.tracer._concrete(arg.node)
+            return orig(*(() if arg is None else (arg,)), *rest)
+        return call
+
+    try:
+        for n in _SIZE_FACTORIES:
+            setattr(torch, n, sized(saved[n]))
+        for n in _DATA_FACTORIES:
+            setattr(torch, n, data(saved[n]))
+        for n in _DTYPE_INFO:
+            setattr(torch, n, info(saved[n]))
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(torch, n, f)
 
 
 def _untraceable_message(model: nn.Module, exc: BaseException) -> str:
@@ -362,16 +461,8 @@ class _ShapeRecorder(fx.Interpreter):
         return result
 
 
-def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, args: tuple, kwargs: dict, real: nn.Module) -> None:
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    flat_args = list(args)
-    for node in placeholders[len(args):]:
-        if node.target in kwargs:
-            flat_args.append(kwargs[node.target])
-        elif node.args:  # default value recorded by fx
-            flat_args.append(node.args[0])
-        else:
-            raise TraceError(f"example_inputs gives no value for the forward argument '{node.target}'")
+def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, binding: Binding, real: nn.Module) -> None:
+    flat_args = list(binding.leaves)
     state = {**dict(gm.named_parameters(remove_duplicate=False)),
              **dict(gm.named_buffers(remove_duplicate=False))}
     # BatchNorm in training mode refuses batch 1; the trace is already fixed, so shapes can be
