@@ -40,22 +40,23 @@ class Head(nn.Module):
         self.ready = True
         self.calls += 1
         self.seen.append(y.shape[-1])
-        self.by_device.setdefault(str(y.device), torch.zeros(1, device=y.device))
+        self.by_device.setdefault("cache", torch.zeros(1, device=y.device))
         if "lazy" not in self._buffers:
             self.register_buffer("lazy", torch.ones(1, device=y.device))
         if self.data_dependent and y.sum().item() > 1e9:  # cannot be decided on meta tensors
             y = y * 2
-        return y + self.anchors + self.by_device[str(y.device)] * self.lazy
+        return y + self.anchors + self.by_device["cache"] * self.lazy
 
 
 class Net(nn.Module):
     def __init__(self, data_dependent=False):
         super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.head = Head(data_dependent)
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.mid = nn.Conv2d(6, 8, 3, padding=1)
+        self.head = Head(data_dependent)  # data_dependent: kept whole (opaque), run for real
 
     def forward(self, x):
-        return self.head(torch.relu(self.stem(x)))
+        return self.head(torch.relu(self.mid(torch.relu(self.stem(x)))))
 
 
 def state(model):
@@ -89,7 +90,7 @@ def test_analysis_leaves_no_trace(step, data_dependent):
     after = state(model)
     if step == "prune_check":  # surgery replaces tensors' data and width attributes only
         changed = {k for k in before if before[k] != after.get(k)}
-        assert changed <= {("stem", "out_channels"), ("head.conv", "in_channels")}, changed
+        assert changed == {("stem", "out_channels"), ("mid", "in_channels")}, changed
         assert set(after) - set(before) <= {("", "_depgraph_prune_history")}
     else:
         assert after == before

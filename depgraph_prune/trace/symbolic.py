@@ -21,6 +21,7 @@ from torch.nn.utils import stateless
 from torch.utils import _pytree as pytree
 
 from .._fast_meta import on_meta, to_meta
+from .._isolation import restore, snapshot
 from ..errors import TraceError
 from .inputs import Binding, bind, normalize_inputs  # noqa: F401  (normalize_inputs is re-exported)
 
@@ -312,6 +313,9 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] =
     opaque: dict[str, str] = {}
     meta_args = tuple(to_meta(binding.leaves))
     with _modes(model, training), _entry(model, binding), _torch_patches():
+        # what forward stores on self while traced (proxies: `self.shape = x.shape`) is put back
+        # after every attempt, or the retry and the shape propagation would read stale proxies
+        saved = snapshot(model)
         while True:
             tracer = _Tracer(tuple(leaf_types), frozenset(leaf_names), meta_args)
             tracer.traced_func_name = _ENTRY
@@ -319,6 +323,7 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] =
                 graph = tracer.trace(model)
                 break
             except Exception as exc:  # fx raises many types; all mean "not traceable as is"
+                restore(saved)
                 culprit = tracer.failed_in
                 if culprit and culprit not in leaf_names:
                     leaf_names.add(culprit)
@@ -328,6 +333,8 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] =
             finally:
                 tracer._values.clear()  # meta values of the whole graph: drop them now
         gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+        restore(saved)
+        _keep_constants(model, gm)
     with _modes(model, training):
         _propagate_shapes(gm, model, binding, real_model or model)
     reached = set()
@@ -339,6 +346,21 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] =
             mod = named_modules[node.target]
             reached.update(f"{node.target}.{n}" for n, _ in mod.named_parameters())
     return Trace(gm, training, reached, opaque, tracer.decided)
+
+
+def _keep_constants(model: nn.Module, gm: fx.GraphModule) -> None:
+    """The tensor constants fx stored on the traced model (``_tensor_constant0``) are read by the
+    graph builder from the model: put back the ones the restore removed."""
+    for node in gm.graph.nodes:
+        if node.op != "get_attr":
+            continue
+        owner_name, _, attr = node.target.rpartition(".")
+        try:
+            owner = model.get_submodule(owner_name)
+            if not hasattr(owner, attr):
+                setattr(owner, attr, getattr(gm.get_submodule(owner_name), attr))
+        except AttributeError:
+            pass
 
 
 _ENTRY = "_depgraph_prune_entry"
@@ -467,6 +489,7 @@ def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, binding: Binding, re
              **dict(gm.named_buffers(remove_duplicate=False))}
     # BatchNorm in training mode refuses batch 1; the trace is already fixed, so shapes can be
     # propagated with every module in eval mode.
+    saved = snapshot(gm)
     with _modes(gm, False), torch.no_grad():
         try:
             # meta tensors: shapes only, no memory, and the model's own tensors are never touched
@@ -474,6 +497,7 @@ def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, binding: Binding, re
                 _ShapeRecorder(gm).run(*to_meta(flat_args))
             return
         except Exception:
+            restore(saved)  # meta tensors a leaf cached on self before it failed
             pass  # some ops have no meta kernel or compare devices: use real tensors
         try:
             # the real tensors, by name, from the user's model (the traced copy may hold meta ones)
