@@ -11,11 +11,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn.utils import stateless
 from torch.utils.flop_counter import FlopCounterMode
 
-from ._fast_meta import on_meta, to_meta
-from ._isolation import restore, snapshot
+from ._fast_meta import to_meta
 
 __all__ = ["OpCount", "count_ops", "speedup"]
 
@@ -42,15 +40,6 @@ def _human(n: int, unit: str, sep: str = "") -> str:
     return f"{n} {unit}"
 
 
-def _as_args(example_inputs) -> tuple[tuple, dict]:
-    # A tuple/list is positional args, a dict is kwargs, anything else is the single argument.
-    if isinstance(example_inputs, dict):
-        return (), dict(example_inputs)
-    if isinstance(example_inputs, (tuple, list)):
-        return tuple(example_inputs), {}
-    return (example_inputs,), {}
-
-
 def count_ops(model: nn.Module, example_inputs) -> OpCount:
     """Count the MACs of one forward pass of ``model`` on ``example_inputs``, and its parameters.
 
@@ -58,8 +47,7 @@ def count_ops(model: nn.Module, example_inputs) -> OpCount:
     arguments, or a dict of keyword arguments. Nothing is moved between devices: the inputs must
     already live where the model does. The model is measured in eval mode (so e.g. BatchNorm
     running statistics are not touched) and every module's ``training`` flag is restored
-    afterwards; no parameter, buffer or ``.grad`` is modified, and whatever ``forward`` stores on
-    its modules (cached anchors, shapes, flags) is put back as it was.
+    afterwards; no parameter, buffer or ``.grad`` is modified.
 
     >>> import torch
     >>> from torch import nn
@@ -72,13 +60,12 @@ def count_ops(model: nn.Module, example_inputs) -> OpCount:
     >>> print(ops)
     4.74 KMACs, 1.51 K params
     """
-    args, kwargs = _as_args(example_inputs)
+    from .trace.inputs import normalize_inputs
+    from .trace.symbolic import detached
+    args, kwargs = normalize_inputs(example_inputs)
     # Remember each module's own flag: a model can mix train and eval submodules on purpose.
     flags = [(m, m.training) for m in model.modules()]
     fastpath = torch.backends.mha.get_fastpath_enabled()
-    # what forward caches on self (anchors, shapes, flags) is put back afterwards: a meta tensor
-    # left in a cache would break the model's next real forward
-    saved = snapshot(model)
     try:
         model.eval()
         # Under no_grad, eval-mode nn.MultiheadAttention / TransformerEncoderLayer would take a
@@ -89,19 +76,15 @@ def count_ops(model: nn.Module, example_inputs) -> OpCount:
         try:
             # The counter only needs shapes: on meta copies of the weights and inputs there is
             # no compute and no activation memory (and repeated ops are memoized). The memo
-            # (in on_meta) sits outside the counter, so the counter still sees every op.
+            # (in detached) sits outside the counter, so the counter still sees every op.
+            # Run on a detached copy: what forward caches on ``self`` stays off the model.
             margs, mkwargs = to_meta((args, kwargs))
-            with torch.no_grad(), on_meta(model), FlopCounterMode(display=False) as counter:
-                model(*margs, **mkwargs)
+            with torch.no_grad(), detached(model) as twin, FlopCounterMode(display=False) as counter:
+                twin(*margs, **mkwargs)
         except Exception:  # data-dependent code (x.item(), nonzero) needs the real tensors
-            restore(saved)
-            # on copies of the buffers: a forward that updates them in place changes nothing
-            buffers = {k: v.detach().clone() for k, v in model.named_buffers(remove_duplicate=False)}
-            with torch.no_grad(), stateless._reparametrize_module(model, buffers), \
-                    FlopCounterMode(display=False) as counter:
-                model(*args, **kwargs)
+            with torch.no_grad(), detached(model, meta=False) as twin, FlopCounterMode(display=False) as counter:
+                twin(*args, **kwargs)
     finally:
-        restore(saved)
         torch.backends.mha.set_fastpath_enabled(fastpath)
         for m, training in flags:
             m.training = training

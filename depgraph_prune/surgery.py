@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from ._fast_meta import on_meta, to_meta
-from ._isolation import restore, snapshot
 from ._memory import release_free_memory
 from .errors import PruningError, SurgeryError
 
@@ -323,34 +322,28 @@ def output_structure(out):
     return None
 
 
-def check_runs(model: nn.Module, example_inputs, expected) -> str | None:
+def check_runs(model: nn.Module, example_inputs, expected, meta: bool = True) -> str | None:
     """Run ``model`` once (on meta copies of its tensors when possible, else for real, without
-    touching its buffers) and return what went wrong, or None. Whatever ``forward`` caches on its
-    modules (anchors, shapes, flags) is put back afterwards: a meta tensor left in such a cache
-    would break the model's next real forward."""
-    from torch.nn.utils import stateless
-
+    touching its buffers) and return what went wrong, or None. ``meta=False``: the unpruned
+    model already failed on meta tensors (a kernel stricter there, e.g. ``_grouped_mm`` refusing
+    float32), so a meta failure says nothing and the real run decides."""
     from .trace import _modes, normalize_inputs
+    from .trace.symbolic import detached
     args, kwargs = normalize_inputs(example_inputs)
     out = None
-    saved = snapshot(model)
     try:
-        try:
-            with _modes(model, False), torch.no_grad(), on_meta(model):
-                margs, mkwargs = to_meta((args, kwargs))
-                out = model(*margs, **mkwargs)
-        except Exception as exc:
-            if not _meta_limitation(exc):
-                return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            restore(saved)  # the meta run may have cached meta tensors before it failed
-            try:  # data-dependent code (x.item(), if x.sum() > 0) cannot run on meta tensors
-                buffers = {k: v.detach().clone() for k, v in model.named_buffers(remove_duplicate=False)}
-                with _modes(model, False), torch.no_grad(), stateless._reparametrize_module(model, buffers):
-                    out = model(*args, **kwargs)
-            except Exception as exc2:
-                return f"{type(exc2).__name__}: {str(exc2).splitlines()[0] if str(exc2) else ''}"
-    finally:
-        restore(saved)
+        # on a detached copy: what forward caches on ``self`` must not reach the model
+        with detached(model) as twin, _modes(twin, False), torch.no_grad():
+            margs, mkwargs = to_meta((args, kwargs))
+            out = twin(*margs, **mkwargs)
+    except Exception as exc:
+        if meta and not _meta_limitation(exc):
+            return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        try:  # data-dependent code (x.item(), if x.sum() > 0) cannot run on meta tensors
+            with detached(model, meta=False) as twin, _modes(twin, False), torch.no_grad():
+                out = twin(*args, **kwargs)
+        except Exception as exc2:
+            return f"{type(exc2).__name__}: {str(exc2).splitlines()[0] if str(exc2) else ''}"
     try:
         got = output_structure(out)
         if expected is not None and _flat(got) != _flat(expected):

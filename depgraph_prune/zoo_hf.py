@@ -98,7 +98,8 @@ def _whisper():
     cfg = transformers.WhisperConfig(vocab_size=VOCAB, d_model=HIDDEN, encoder_layers=LAYERS, decoder_layers=LAYERS,
                                      encoder_attention_heads=HEADS, decoder_attention_heads=HEADS,
                                      encoder_ffn_dim=FFN, decoder_ffn_dim=FFN, num_mel_bins=16,
-                                     max_source_positions=16, max_target_positions=16)
+                                     max_source_positions=16, max_target_positions=16,
+                                     pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
     model = transformers.WhisperModel(cfg).get_encoder().eval()
     return model, {"input_features": torch.randn(1, 16, 32, generator=torch.Generator().manual_seed(0))}
 
@@ -163,7 +164,7 @@ MODELS: list[HFModel] = [
     HFModel("gemma", "decoder", _causal("GemmaConfig", head_dim=16, **_LLAMA_LIKE)),
     HFModel("gemma2", "decoder", _causal("Gemma2Config", head_dim=16, **_LLAMA_LIKE)),
     HFModel("phi", "decoder", _causal("PhiConfig", **_LLAMA_LIKE)),
-    HFModel("phi3", "decoder", _causal("Phi3Config", **_LLAMA_LIKE)),
+    HFModel("phi3", "decoder", _causal("Phi3Config", pad_token_id=0, **_LLAMA_LIKE)),
     HFModel("falcon", "decoder", _causal("FalconConfig", vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
                                          num_attention_heads=HEADS)),
     HFModel("bloom", "decoder", _causal("BloomConfig", vocab_size=VOCAB, hidden_size=HIDDEN, n_layer=LAYERS,
@@ -200,7 +201,7 @@ MODELS: list[HFModel] = [
     HFModel("swin", "vision", _pixels("SwinConfig", "SwinForImageClassification", image_size=32, patch_size=4,
                                       embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=4, num_labels=10)),
     HFModel("convnext", "vision", _pixels("ConvNextConfig", "ConvNextForImageClassification", image_size=32,
-                                          hidden_sizes=[16, 32], depths=[1, 1], num_labels=10)),
+                                          hidden_sizes=[16, 32], depths=[1, 1], num_stages=2, num_labels=10)),
     HFModel("clip", "vision", _clip),
     # audio
     HFModel("whisper_encoder", "audio", _whisper),

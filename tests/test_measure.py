@@ -3,7 +3,6 @@ import types
 import warnings
 
 import pytest
-
 import torch
 import torchvision
 from torch import nn
@@ -255,7 +254,8 @@ class _SeesGradMode(nn.Module):
     def __init__(self):
         super().__init__()
         self.fc = nn.Linear(8, 4)
-        # a probe outside the module: count_ops puts back whatever forward stores on the module
+        # an object, not a list: counting runs on a detached copy of the model (so that what
+        # forward stores on self stays off the model), which shares this log with the original
         self.log = types.SimpleNamespace(grad_modes=[], devices=[])
 
     def forward(self, x):

@@ -10,7 +10,7 @@ from torch import nn
 from .. import trace as _trace
 from . import rules  # noqa: F401  (registers the rules)
 from .context import BuildContext
-from .registry import FUNCTION_RULES, METHOD_RULES, MODULE_RULES, load_optional_rules
+from .registry import FUNCTION_RULES, METHOD_RULES, MODEL_SCANNERS, MODULE_RULES, load_optional_rules
 from .values import TV
 
 
@@ -166,6 +166,8 @@ ATTENTION_MODES = ("heads", "head_dim")
 def build_context(model: nn.Module, example_inputs: Any, leaf_names: Iterable[str] = (),
                   attention: str = "heads") -> tuple[BuildContext, list[str]]:
     load_optional_rules()
+    for scan in MODEL_SCANNERS:
+        scan(model)
     leaf_types = tuple(MODULE_RULES) + OPAQUE_TYPES
     real = model
     try:
@@ -177,6 +179,7 @@ def build_context(model: nn.Module, example_inputs: Any, leaf_names: Iterable[st
     tr = _trace.trace(model, example_inputs, leaf_types=leaf_types, leaf_names=leaf_names, training=False,
                       real_model=real)
     ctx.opaque = dict(tr.opaque)
+    ctx.meta_ok = tr.meta_ok
     walk(ctx, tr.gm, tr.decided)
     reached = set(tr.reached_params)
     all_params = {n for n, _ in model.named_parameters()}

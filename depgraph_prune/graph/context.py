@@ -19,7 +19,8 @@ _FRAME = re.compile(r'File "([^"]+)", line \d+, in [^\n]*\n\s*([^\n]*)')
 def _source_attributes(stack_trace: str) -> set[str] | None:
     """``self.<name>`` attributes on the user's source line that created a node."""
     frames = [(f, code) for f, code in _FRAME.findall(stack_trace)
-              if "/torch/fx/" not in f and "/torch/nn/modules/module.py" not in f and "/torch/_" not in f]
+              if "/torch/fx/" not in f and "/torch/nn/modules/module.py" not in f and "/torch/_" not in f
+              and "depgraph_prune/trace/" not in f and "<depgraph_prune entry" not in f]
     return set(re.findall(r"self\.(\w+)", frames[-1][1])) if frames else None
 
 
@@ -54,6 +55,7 @@ class BuildContext:
     opaque: dict = field(default_factory=dict)
     #: how nn.MultiheadAttention shrinks: "heads" (whole heads) or "head_dim" (every head's width)
     attention: str = "heads"
+    meta_ok: bool = True  # the trace ran on meta tensors (else the post-surgery check runs for real)
 
     def snapshot(self):
         a = self.atoms
@@ -123,8 +125,9 @@ class BuildContext:
             mod = self.modules.get(path)
             if mod is None:
                 continue
+            # an attribute the source line names (``self.split_size``) needs no width-like name
             hits = [a for a, v in vars(mod).items() if type(v) is int and v == value
-                    and not a.startswith("_") and any(w in a for w in words)]
+                    and not a.startswith("_") and (any(w in a for w in words) or (named and a in named))]
             if named:
                 hits = [a for a in hits if a in named]
             if len(hits) == 1:

@@ -135,7 +135,8 @@ class DependencyGraph:
         record = apply_plan(self, plan)
         if validate and record:
             try:
-                problem = check_runs(self.model, self.example_inputs, self._output_structure)
+                problem = check_runs(self.model, self.example_inputs, self._output_structure,
+                                     meta=getattr(self._ctx, "meta_ok", True))
             except Exception as exc:  # whatever goes wrong here, the model goes back as it was
                 problem = f"{type(exc).__name__}: {exc}"
             if problem:

@@ -61,6 +61,13 @@ def check_signature(model: nn.Module, args: tuple, kwargs: dict) -> None:
         sig = inspect.signature(type(model).forward)  # follows functools.wraps to the real one
     except (TypeError, ValueError):
         return
+    params = list(sig.parameters.values())[1:]
+    if not any(p.kind == p.VAR_KEYWORD for p in params):
+        names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        unknown = [k for k in kwargs if k not in names]
+        if unknown:
+            raise TraceError(f"example_inputs gives {unknown[0]!r}, which {type(model).__name__}.forward{_short(sig)} "
+                             f"does not take; its arguments are {sorted(names)}")
     try:
         sig.bind(None, *args, **kwargs)
     except TypeError as exc:

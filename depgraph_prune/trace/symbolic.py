@@ -21,7 +21,7 @@ from torch.nn.utils import stateless
 from torch.utils import _pytree as pytree
 
 from .._fast_meta import on_meta, to_meta
-from .._isolation import restore, snapshot
+from .._isolation import restore, side_effects_undone, snapshot
 from ..errors import TraceError
 from .inputs import Binding, bind, normalize_inputs  # noqa: F401  (normalize_inputs is re-exported)
 
@@ -72,9 +72,18 @@ class _Attribute(_SequenceLength, fx.proxy.Attribute):
     pass
 
 
+class _Unknown:
+    """A node whose value on the meta example input could not be computed (see ``_concrete``)."""
+
+    def __init__(self, why: str):
+        self.why = why
+
+
 class _Tracer(fx.Tracer):
-    def __init__(self, leaf_types: tuple[type, ...], leaf_names: frozenset[str], meta_args: tuple = ()):
+    def __init__(self, leaf_types: tuple[type, ...], leaf_names: frozenset[str], meta_args: tuple = (),
+                 real: nn.Module | None = None):
         super().__init__()
+        self._real = real
         self._meta_args = meta_args
         self._evaluating = False
         self.decided: list[str] = []  # nodes whose concrete value decided an `if`/`assert`
@@ -86,6 +95,17 @@ class _Tracer(fx.Tracer):
         self.proxy_buffer_attributes = True  # ``self.position_ids[:, :n]`` slices a traced buffer
         self._values: dict = {}  # node -> its value on the meta example input (see _concrete)
         self._interp = None
+
+    def _run_real(self, n: fx.Node):
+        """A leaf module whose kernels have no meta support (e.g. ``_grouped_mm`` in float32):
+        run the user's module on zero tensors of the inputs' shapes (on a detached copy, so no
+        state reaches it) and keep the output's metadata."""
+        real = self._real.get_submodule(n.target)
+        zeros = lambda t: torch.zeros(t.shape, dtype=t.dtype) if isinstance(t, torch.Tensor) and t.is_meta else t  # noqa: E731
+        args = pytree.tree_map(zeros, fx.node.map_arg(n.args, lambda a: self._values[a]))
+        kwargs = pytree.tree_map(zeros, fx.node.map_arg(n.kwargs, lambda a: self._values[a]))
+        with detached(real, meta=False) as twin:
+            return to_meta(twin(*args, **kwargs))
 
     def concretize(self, proxy, kind):
         """The value of a traced scalar on the example input, as ``kind``; recorded as deciding."""
@@ -152,15 +172,45 @@ class _Tracer(fx.Tracer):
                     if n.op == "placeholder":
                         self._values[n] = self._meta_args[self._placeholders]
                         self._placeholders += 1
+                    elif any(isinstance(self._values.get(a), _Unknown) for a in n.all_input_nodes):
+                        self._values[n] = _Unknown(self._values[next(
+                            a for a in n.all_input_nodes if isinstance(self._values.get(a), _Unknown))].why)
                     else:
-                        self._values[n] = self._interp.run_node(n)
+                        try:
+                            try:
+                                self._values[n] = self._interp.run_node(n)
+                            except Exception:
+                                if n.op != "call_module" or self._real is None:
+                                    raise
+                                self._values[n] = self._run_real(n)
+                        except Exception as exc:
+                            # e.g. a kernel with no meta support: only what depends on it is unknown
+                            self._values[n] = _Unknown(f"{type(exc).__name__}: {_first_line(exc)}")
                     if n is node:
                         break
-                return self._values[node]
+                value = self._values[node]
+                if isinstance(value, _Unknown):
+                    raise RuntimeError(value.why)
+                return value
         except Exception as exc:
             raise fx.proxy.TraceError(f"control flow on a value that could not be evaluated ({exc})") from exc
         finally:
             self._evaluating = False
+
+    def create_arg(self, a):
+        """Objects fx has no node for (a transformers ``DynamicCache`` handed to a leaf module)
+        become attributes of the root read with ``get_attr``: the leaf still runs in shape
+        propagation, and the builder sees a value that is not a tensor."""
+        try:
+            return super().create_arg(a)
+        except NotImplementedError:
+            consts = self.__dict__.setdefault("_object_consts", {})
+            name = consts.get(id(a))
+            if name is None:
+                name = consts[id(a)] = f"_depgraph_prune_object_{len(consts)}"
+                setattr(self.root, name, a)
+                self.__dict__.setdefault("_object_refs", []).append(a)  # keep id(a) unique
+            return self.create_node("get_attr", name, (), {})
 
     def create_node(self, kind, target, args, kwargs, name=None, type_expr=None):
         # Source lines are only read to tell which attribute an integer constant came from, and
@@ -229,6 +279,7 @@ class Trace:
     reached_params: set[str] = field(default_factory=set)
     opaque: dict[str, str] = field(default_factory=dict)  # module made a leaf → why it could not be traced
     decided: list[str] = field(default_factory=list)  # nodes whose value decided control flow
+    meta_ok: bool = True  # shapes propagated on meta tensors (False: some kernel needed real ones)
 
 
 def structural_copy(model: nn.Module) -> nn.Module:
@@ -317,7 +368,7 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] =
         # after every attempt, or the retry and the shape propagation would read stale proxies
         saved = snapshot(model)
         while True:
-            tracer = _Tracer(tuple(leaf_types), frozenset(leaf_names), meta_args)
+            tracer = _Tracer(tuple(leaf_types), frozenset(leaf_names), meta_args, real_model)
             tracer.traced_func_name = _ENTRY
             try:
                 graph = tracer.trace(model)
@@ -336,7 +387,7 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] =
         restore(saved)
         _keep_constants(model, gm)
     with _modes(model, training):
-        _propagate_shapes(gm, model, binding, real_model or model)
+        meta_ok = _propagate_shapes(gm, model, binding, real_model or model)
     reached = set()
     named_modules = dict(model.named_modules())
     for node in gm.graph.nodes:
@@ -345,7 +396,7 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] =
         elif node.op == "call_module":
             mod = named_modules[node.target]
             reached.update(f"{node.target}.{n}" for n, _ in mod.named_parameters())
-    return Trace(gm, training, reached, opaque, tracer.decided)
+    return Trace(gm, training, reached, opaque, tracer.decided, meta_ok)
 
 
 def _keep_constants(model: nn.Module, gm: fx.GraphModule) -> None:
@@ -483,7 +534,7 @@ class _ShapeRecorder(fx.Interpreter):
         return result
 
 
-def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, binding: Binding, real: nn.Module) -> None:
+def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, binding: Binding, real: nn.Module) -> bool:
     flat_args = list(binding.leaves)
     state = {**dict(gm.named_parameters(remove_duplicate=False)),
              **dict(gm.named_buffers(remove_duplicate=False))}
@@ -495,7 +546,7 @@ def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, binding: Binding, re
             # meta tensors: shapes only, no memory, and the model's own tensors are never touched
             with on_meta(gm):
                 _ShapeRecorder(gm).run(*to_meta(flat_args))
-            return
+            return True
         except Exception:
             restore(saved)  # meta tensors a leaf cached on self before it failed
             pass  # some ops have no meta kernel or compare devices: use real tensors
@@ -506,7 +557,38 @@ def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, binding: Binding, re
             real_state = {k: v for k, v in real_state.items() if k in state}
             with stateless._reparametrize_module(gm, real_state):
                 _ShapeRecorder(gm).run(*flat_args)
+            return False
         except Exception as exc:
             raise TraceError(
                 f"example_inputs: running {type(model).__name__} on them failed {str(exc).splitlines()[0]}. Check that "
                 f"example_inputs has the shape and dtype the model expects.") from exc
+
+
+@contextlib.contextmanager
+def detached(model: nn.Module, meta: bool = True):
+    """A stand-in for ``model`` to run analysis passes on (MAC counts, the post-surgery check):
+    a structural copy, so whatever ``forward`` stores on ``self`` (anchors, cached shapes, flags)
+    stays on the copy and never reaches the user's model. With ``meta`` its tensors are meta
+    twins (run it on ``to_meta`` inputs); otherwise it holds the model's real parameters and
+    copies of its buffers. A model that cannot be copied is used itself (buffers still copied)."""
+    try:
+        clone = structural_copy(model)
+    except RuntimeError:  # a failing torch call is a real failure: let it surface
+        raise
+    except Exception:  # an attribute that cannot be copied
+        clone = None
+    if meta:
+        if clone is None:  # no copy: run the model itself, and put back what forward stores on it
+            with side_effects_undone(model), on_meta(model):
+                yield model
+        else:
+            from .._fast_meta import MetaMemo
+            with MetaMemo():
+                yield clone
+        return
+    target = clone if clone is not None else model
+    state = {k: v.detach() for k, v in model.named_parameters(remove_duplicate=False)}
+    state.update({k: v.detach().clone() for k, v in model.named_buffers(remove_duplicate=False)})
+    with side_effects_undone(model) if clone is None else contextlib.nullcontext(), \
+            stateless._reparametrize_module(target, state):
+        yield target

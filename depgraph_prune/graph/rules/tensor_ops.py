@@ -575,7 +575,7 @@ def tensor_index(ctx, x: TV, idx, out):
             continue
         if isinstance(i, slice):
             if atoms is not None:
-                track[d_out] = _slice_atoms(ctx, atoms, i)
+                track[d_out] = _slice_atoms(ctx, atoms, i, out.shape[d_out])
             d_in += 1
             d_out += 1
             continue
@@ -585,11 +585,13 @@ def tensor_index(ctx, x: TV, idx, out):
     return out
 
 
-def _slice_atoms(ctx, atoms, s: slice):
+def _slice_atoms(ctx, atoms, s: slice, out_size: int | None = None):
     start, stop, step = s.start, s.stop, s.step
     if any(isinstance(v, (Sym, Opaque)) for v in (start, stop, step)):
+        # e.g. ``self.position_ids[:, :n]`` with ``n = x.shape[1]``: every position is kept
+        # as it is (frozen), and the result has the traced length
         ctx.freeze([atoms, start, stop, step], f"slice bounds computed from a width at {ctx.where()}")
-        return atoms[s.start if isinstance(s.start, int) else None:]
+        return atoms[:out_size] if out_size is not None else atoms[s.start if isinstance(s.start, int) else None:]
     size = len(atoms)
     if step not in (None, 1):
         ctx.atoms.freeze(atoms, f"strided slice on a prunable dim at {ctx.where()}")
