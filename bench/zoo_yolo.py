@@ -51,8 +51,9 @@ def table(reports, imgsz: int, ratio: float, seconds: float) -> str:
         "Each row: MACs and parameters before → after on the same input (`ratio` = after / before); the "
         "time of the call; then the checks: outputs keep their structure in eval and training mode, the "
         "layers that define box / class / mask / keypoint / prototype channels keep their widths, "
-        "`fuse()` gives the same outputs (RT-DETR: the same structure; its top-k query selection flips "
-        "under rounding even unpruned), `dp.save` → `dp.load` into a fresh model gives identical "
+        "`fuse()` gives the same inference output (the first output; end-to-end heads drop their "
+        "one-to-many training branch when fused; RT-DETR: the same shapes, since its top-k query selection "
+        "flips under rounding even unpruned), `dp.save` → `dp.load` into a fresh model gives identical "
         "outputs, and ultralytics' own `predict()` runs on a numpy image.",
         "",
         "| model | task | MACs | ratio | params | prune s | " + " | ".join(_CHECKS) + " | result |",

@@ -93,7 +93,8 @@ def output_layers(model: nn.Module) -> dict[str, int]:
             names.append(attr + (f".layers.{len(m.layers) - 1}" if hasattr(m, "layers") else ""))
     out = {}
     for n in names:
-        m = head.get_submodule(n)
+        # the layer itself, or the last conv / linear inside it (ultralytics' Conv wraps conv + BN)
+        m = [x for x in head.get_submodule(n).modules() if isinstance(x, (nn.Conv2d, nn.Linear))][-1]
         out[pre + n] = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
     assert out, f"{type(head).__name__}: no output layers found"
     return out
@@ -187,10 +188,14 @@ def check_variant(variant: Variant, imgsz: int = 128, ratio: float = 0.5, full: 
 
 
 def _check_fuse(model, x, exact=True):
+    """``fuse()`` merges conv + BN; end-to-end heads (v10, 26) also drop their one-to-many
+    training branch, so the inference output (the first element) is what is compared."""
     try:
         ref = run(model, x)
         fused = copy.deepcopy(model).fuse()
         got = run(fused, x)
+        if isinstance(ref, (tuple, list)) and isinstance(got, (tuple, list)):
+            ref, got = ref[0], got[0]
         if shapes(got) != shapes(ref):
             return f"fused outputs {shapes(got)} != {shapes(ref)}"
         if not exact:
