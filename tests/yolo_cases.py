@@ -76,9 +76,12 @@ def output_layers(model: nn.Module) -> dict[str, int]:
     head = model.model[-1]
     pre = f"model.{len(model.model) - 1}."
     names = []
-    for attr in ("cv2", "cv3", "cv4", "one2one_cv2", "one2one_cv3", "one2one_cv4"):
-        for i, seq in enumerate(getattr(head, attr, None) or ()):
-            names.append(f"{attr}.{i}.{len(seq) - 1}")
+    outs = ["cv2", "cv3", "cv4", "cv4_kpts", "cv4_sigma"]
+    if hasattr(head, "cv4_kpts"):  # Pose26: cv4 is an inner stage, cv4_kpts / cv4_sigma the outputs
+        outs.remove("cv4")
+    for attr in outs + [f"one2one_{a}" for a in outs]:
+        for i, m in enumerate(getattr(head, attr, None) or ()):
+            names.append(f"{attr}.{i}" + (f".{len(m) - 1}" if isinstance(m, nn.Sequential) else ""))
     proto = getattr(head, "proto", None)
     if proto is not None:
         names.append("proto." + [n for n, m in proto.named_modules() if isinstance(m, nn.Conv2d)][-1])

@@ -8,6 +8,7 @@ also works for models on the ``meta`` device.
 from __future__ import annotations
 
 import contextlib
+import operator
 from collections import OrderedDict
 import copy
 from dataclasses import dataclass, field
@@ -65,7 +66,10 @@ class _SequenceLength:
 
 
 class _Proxy(_SequenceLength, fx.Proxy):
-    pass
+    def __setitem__(self, idx, value):
+        # ``y[:, 2::3] = y[:, 2::3].sigmoid()`` (Ultralytics' Pose head): recorded as an in-place
+        # ``operator.setitem``; the rule ties the written slice to the value's channels
+        return self.tracer.create_proxy("call_function", operator.setitem, (self, idx, value), {})
 
 
 class _Attribute(_SequenceLength, fx.proxy.Attribute):
