@@ -291,3 +291,38 @@ def test_projection_must_stay_below_hidden_size():
         graph.prune({cell: [0, 1]})
     assert model.rnn.hidden_size == 4 and model.rnn.proj_size == 3
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+class Stepper(nn.Module):
+    """A cell unrolled by a Python loop over time, its state fed back (and started by a layer)."""
+
+    def __init__(self, cls, hidden=6):
+        super().__init__()
+        self.cls = cls
+        self.inp = nn.Linear(5, 8)
+        self.init = nn.Linear(5, hidden)
+        self.cell = cls(8, hidden)
+        self.head = nn.Linear(hidden, 3)
+
+    def forward(self, x):  # x: (T, N, 5)
+        h = torch.tanh(self.init(x[0]))
+        state = (h, torch.zeros_like(h)) if self.cls is nn.LSTMCell else h
+        outs = []
+        for t in range(x.shape[0]):
+            state = self.cell(self.inp(x[t]), state)
+            outs.append(self.head(state[0] if self.cls is nn.LSTMCell else state))
+        return torch.stack(outs)
+
+
+@pytest.mark.parametrize("cls", [nn.LSTMCell, nn.GRUCell, nn.RNNCell])
+def test_cells_in_a_loop(cls):
+    torch.manual_seed(0)
+    model = Stepper(cls)
+    x = torch.randn(4, 2, 5)
+    diff, plan = zero_prune_compare(model, (x,))
+    assert diff < TOL and len(plan) == 2  # the cell's input and its hidden units
+    cell = model.cell
+    assert (cell.input_size, cell.hidden_size) == (4, 3)
+    g = 4 if cls is nn.LSTMCell else 3 if cls is nn.GRUCell else 1
+    assert cell.weight_ih.shape == (g * 3, 4) and cell.weight_hh.shape == (g * 3, 3)
+    assert model.init.out_features == 3

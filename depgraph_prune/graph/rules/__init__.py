@@ -5,7 +5,7 @@
 * ``layers``: convolutions, linear, norms, embeddings, pooling, shuffles, activations;
 * ``attention``: ``nn.MultiheadAttention``;
 * ``inplace``: ``x[idx] = v`` (in-place slice assignment);
-* ``recurrent``: ``nn.LSTM``, ``nn.GRU``, ``nn.RNN`` (input, hidden and projection widths);
+* ``recurrent``: ``nn.LSTM``, ``nn.GRU``, ``nn.RNN`` and their cells (input, hidden and projection widths);
 * ``torchvision``: functions torchvision wraps with ``torch.fx.wrap`` (loaded lazily, once
   torchvision is imported: see ``registry.load_optional_rules``).
 """

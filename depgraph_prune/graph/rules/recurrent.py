@@ -1,4 +1,4 @@
-"""Coupling rules for the recurrent layers ``nn.LSTM``, ``nn.GRU`` and ``nn.RNN``.
+"""Coupling rules for the recurrent layers ``nn.LSTM``, ``nn.GRU`` and ``nn.RNN`` (and their cells).
 
 An RNN keeps one ``hidden_size`` (and, for an LSTM with ``proj_size``, one ``proj_size``) for all of
 its layers and both directions, so hidden unit ``j`` is one channel of the whole module:
@@ -132,3 +132,54 @@ def _refresh(module) -> None:
 
 
 REFRESH_RULES[nn.RNNBase] = _refresh
+
+
+_CELL_GATES = {nn.LSTMCell: 4, nn.GRUCell: 3, nn.RNNCell: 1}
+
+
+@module_rule(nn.LSTMCell, nn.GRUCell, nn.RNNCell)
+def _cell_module(ctx, node, module, args, kwargs, out):
+    """One step: ``weight_ih`` / ``weight_hh`` stack the gates as in the full layers; the new
+    state (``h'``, and ``c'`` for an LSTM cell) carries the hidden units in its last dim. A cell
+    called in a Python loop is one shared module: every call ties to the same units."""
+    name = node.target
+    x = _arg(args, kwargs, 0, "input")
+    hx = _arg(args, kwargs, 1, "hx")
+    if not isinstance(x, TV):
+        raise ValueError("the input is not a tensor the rules can follow")
+    gates = next(g for t, g in _CELL_GATES.items() if isinstance(module, t))
+    H = module.hidden_size
+    ctx.freeze_dims(x, range(x.ndim - 1), f"batch dim entering {ctx.where()}")
+    cell = ctx.atoms.new(H)
+    ctx.width_atoms(name, "input_size", x.atoms(-1))
+    ctx.width_atoms(name, "hidden_size", cell)
+    w_ih = ctx.param_tv(name, "weight_ih", (0, 1))
+    w_hh = ctx.param_tv(name, "weight_hh", (0, 1))
+    ctx.union(w_ih.atoms(1), x.atoms(-1), "recurrent cell input")
+    for w in (w_ih, w_hh):
+        ctx.union(w.atoms(0).reshape(gates, H), cell[None, :], "gate rows of a recurrent cell")
+    ctx.union(w_hh.atoms(1), cell, "recurrent input (the hidden state)")
+    for b in ("bias_ih", "bias_hh"):
+        bias = ctx.param_tv(name, b, (0,))
+        if bias is not None:
+            ctx.union(bias.atoms(0).reshape(gates, H), cell[None, :], "gate bias of a recurrent cell")
+    if isinstance(module, nn.LSTMCell):
+        if hx is not None:
+            if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+                raise ValueError("an LSTM cell's state must be a pair (h, c)")
+            _state_dim(ctx, hx[0], cell, "h")
+            _state_dim(ctx, hx[1], cell, "c")
+        h, c = out
+        return (_with_last(ctx, h, cell), _with_last(ctx, c, cell))
+    _state_dim(ctx, hx, cell, "h")
+    return _with_last(ctx, out, cell)
+
+
+def _cell_widths(module, changed) -> dict:
+    def shape(attr):
+        t = changed.get(attr)
+        return tuple((t if t is not None else getattr(module, attr)).shape)
+    return {"input_size": shape("weight_ih")[1], "hidden_size": shape("weight_hh")[1]}
+
+
+WIDTH_RULES[nn.RNNCellBase] = _cell_widths
