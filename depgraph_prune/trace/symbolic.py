@@ -88,6 +88,9 @@ class _Tracer(fx.Tracer):
                  real: nn.Module | None = None):
         super().__init__()
         self._real = real
+        # buffers become get_attr nodes (not constants folded from their values), so the rules
+        # see them and the surgeon can slice them (FrozenBatchNorm2d, `self.slopes * self.dist`)
+        self.proxy_buffer_attributes = True
         self._meta_args = meta_args
         self._evaluating = False
         self.decided: list[str] = []  # nodes whose concrete value decided an `if`/`assert`
@@ -96,7 +99,6 @@ class _Tracer(fx.Tracer):
         self._leaf_names = leaf_names
         self._stack: list[str] = []
         self.failed_in: str | None = None  # innermost module whose forward raised
-        self.proxy_buffer_attributes = True  # ``self.position_ids[:, :n]`` slices a traced buffer
         self._values: dict = {}  # node -> its value on the meta example input (see _concrete)
         self._interp = None
 
@@ -332,12 +334,27 @@ def structural_copy(model: nn.Module) -> nn.Module:
                 state[k] = type(v)((n, tensor(t)) for n, t in v.items())
             elif k == "_modules":
                 state[k] = type(v)((n, None if c is None else module(c)) for n, c in v.items())
+            elif k in _FORWARD_HOOK_DICTS:
+                # user hooks must not run on the analysis copy (their side effects would reach the
+                # user's objects with meta tensors); the modules they sit on are frozen instead.
+                # Weight-norm's pre-hook computes the weight, so it stays.
+                state[k] = OrderedDict((i, h) for i, h in v.items() if _computes_weights(h))
             else:
                 state[k] = v.copy() if type(v) is OrderedDict else value(v)  # hook dicts and the like
         object.__setattr__(out, "__dict__", state)
         return out
 
     return module(model)
+
+
+_FORWARD_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
+                       "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called")
+
+
+def _computes_weights(hook) -> bool:
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+    return isinstance(hook, (WeightNorm, SpectralNorm))
 
 
 _PLAIN: dict[type, bool] = {}
@@ -596,3 +613,38 @@ def detached(model: nn.Module, meta: bool = True):
     with side_effects_undone(model) if clone is None else contextlib.nullcontext(), \
             stateless._reparametrize_module(target, state):
         yield target
+
+
+_MODULE_STATE = ("_parameters", "_buffers", "_modules")
+
+
+@contextlib.contextmanager
+def preserved_attributes(model: nn.Module):
+    """Runs that must use the model itself (the numerical check compares the real pruned model)
+    put back, afterwards, every plain attribute ``forward`` set on any module: rebound values,
+    new attributes (removed again) and the contents of lists, dicts and sets it changed in place.
+    Parameters, buffers and submodules are not touched here (the surgeon and the reparametrizing
+    context own them)."""
+    saved = []
+    for m in model.modules():
+        attrs = {}
+        for k, v in m.__dict__.items():
+            if k in _MODULE_STATE:
+                continue
+            contents = v.copy() if type(v) in (list, dict, set, OrderedDict) else None
+            attrs[k] = (v, contents)
+        saved.append((m, attrs))
+    try:
+        yield
+    finally:
+        for m, attrs in saved:
+            for k in [k for k in m.__dict__ if k not in _MODULE_STATE and k not in attrs]:
+                del m.__dict__[k]
+            for k, (v, contents) in attrs.items():
+                if contents is not None:
+                    if type(v) is list:
+                        v[:] = contents
+                    else:
+                        v.clear()
+                        v.update(contents)
+                m.__dict__[k] = v
