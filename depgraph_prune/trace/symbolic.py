@@ -630,6 +630,8 @@ def preserved_attributes(model: nn.Module):
         attrs = {}
         for k, v in m.__dict__.items():
             if k in _MODULE_STATE:
+                if isinstance(v, dict):  # only what forward *adds* (a lazily registered buffer) goes again
+                    attrs[k] = (v, set(v))
                 continue
             contents = v.copy() if type(v) in (list, dict, set, OrderedDict) else None
             attrs[k] = (v, contents)
@@ -641,6 +643,10 @@ def preserved_attributes(model: nn.Module):
             for k in [k for k in m.__dict__ if k not in _MODULE_STATE and k not in attrs]:
                 del m.__dict__[k]
             for k, (v, contents) in attrs.items():
+                if k in _MODULE_STATE:
+                    for name in [n for n in v if n not in contents]:
+                        del v[name]
+                    continue
                 if contents is not None:
                     if type(v) is list:
                         v[:] = contents
