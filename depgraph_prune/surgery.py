@@ -111,7 +111,10 @@ def apply_plan(graph, plan: Mapping) -> dict:
     # ---- commit phase ------------------------------------------------------------------------
     undo = []
     freed = 0
+    refresh = _refreshers(touched_modules.values())
     try:
+        for fn, mod in refresh:  # first in, last undone: after a rollback restored the tensors
+            undo.append(("refresh", fn, mod))
         with torch.no_grad():
             for tid, (t, _, dims) in new_tensors.items():
                 if isinstance(t, nn.Parameter):
@@ -143,6 +146,8 @@ def apply_plan(graph, plan: Mapping) -> dict:
             old = getattr(mod, attr)
             setattr(mod, attr, value)
             undo.append(("attr", mod, attr, old))  # only once the set took effect
+        for fn, mod in refresh:
+            fn(mod)
     except Exception as exc:
         _rollback(undo)
         raise SurgeryError(f"surgery failed while committing ({exc}); the model was restored") from exc
@@ -206,8 +211,20 @@ def _rollback(undo):
         raise SurgeryError(f"rollback could not restore {len(errors)} item(s): {errors[0]}")
 
 
+def _refreshers(modules):
+    from .graph.registry import REFRESH_RULES
+    out = []
+    for mod, _ in modules:
+        fn = next((REFRESH_RULES[b] for b in type(mod).__mro__ if b in REFRESH_RULES), None)
+        if fn is not None:
+            out.append((fn, mod))
+    return out
+
+
 def _undo_one(entry):
-    if entry[0] == "param":  # the old data itself was kept (io.load)
+    if entry[0] == "refresh":
+        entry[1](entry[2])
+    elif entry[0] == "param":  # the old data itself was kept (io.load)
         _, t, data, grad = entry
         t.grad = None
         t.data = data

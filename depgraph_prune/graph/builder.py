@@ -19,7 +19,7 @@ from .values import TV
 
 # Modules we have no rule for but want kept whole rather than traced into (their internals
 # check shapes against constant attributes); their channels are frozen.
-OPAQUE_TYPES: tuple[type, ...] = (nn.LSTM, nn.GRU, nn.RNN, nn.Transformer,
+OPAQUE_TYPES: tuple[type, ...] = (nn.Transformer,
                                   nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 
 

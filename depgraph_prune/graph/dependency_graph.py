@@ -6,6 +6,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import networkx as nx
 from torch import nn
 
+from .._isolation import side_effects_undone
 from ..errors import PruningError, SurgeryError
 from .builder import ATTENTION_MODES, build_context
 from .groups import Group, make_groups
@@ -30,8 +31,9 @@ class DependencyGraph:
             raise PruningError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
         self.model = model
         self.example_inputs = example_inputs
-        ctx, notes = build_context(model, example_inputs, leaf_names=self._names(leaf_modules, "leaf_modules"),
-                                   attention=attention)
+        with side_effects_undone(model):  # the trace runs a copy, or the model itself where none can be made
+            ctx, notes = build_context(model, example_inputs, leaf_names=self._names(leaf_modules, "leaf_modules"),
+                                       attention=attention)
         self.notes = notes
         self._ignore(ctx, ignored_layers)
         self._freeze_modules(ctx, self._names(frozen, "frozen"))
@@ -184,6 +186,8 @@ def _out_key(name: str, mod: nn.Module) -> tuple[str, int]:
         return (f"{prefix}weight", 1)
     if isinstance(mod, nn.Embedding):
         return (f"{prefix}weight", 1)
+    if isinstance(mod, nn.RNNBase):  # what it outputs: the hidden units (or their projection)
+        return (f"{prefix}{'proj_size' if getattr(mod, 'proj_size', 0) else 'hidden_size'}", 0)
     if getattr(mod, "weight", None) is None:
         for attr in ("num_features", "num_channels"):
             if hasattr(mod, attr):

@@ -15,6 +15,9 @@ FUNCTION_RULES: dict[object, Callable] = {}
 METHOD_RULES: dict[str, Callable] = {}
 MODULE_RULES: dict[type, Callable] = {}
 WIDTH_RULES: dict[type, Callable] = {}  # module type -> (module, new tensors by attr) -> {attr: value}
+# module type -> fn(module): refresh what a module derives from its tensors once the surgeon (or
+# its rollback) has changed them (nn.LSTM's cuDNN weight buffer: flatten_parameters)
+REFRESH_RULES: dict[type, Callable] = {}
 # Called with the model before each build: optional rule families whose module classes are too
 # many to import up front (transformers' ~60 ``*Experts`` classes) register them from here.
 MODEL_SCANNERS: list[Callable] = []

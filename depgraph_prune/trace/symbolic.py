@@ -8,6 +8,7 @@ also works for models on the ``meta`` device.
 from __future__ import annotations
 
 import contextlib
+import operator
 from collections import OrderedDict
 import copy
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from torch.nn.utils import stateless
 from torch.utils import _pytree as pytree
 
 from .._fast_meta import on_meta, to_meta
+from .._isolation import restore, side_effects_undone, snapshot
 from ..errors import TraceError
 from .inputs import Binding, bind, normalize_inputs  # noqa: F401  (normalize_inputs is re-exported)
 
@@ -64,7 +66,10 @@ class _SequenceLength:
 
 
 class _Proxy(_SequenceLength, fx.Proxy):
-    pass
+    def __setitem__(self, idx, value):
+        # ``y[:, 2::3] = y[:, 2::3].sigmoid()`` (Ultralytics' Pose head): recorded as an in-place
+        # ``operator.setitem``; the rule ties the written slice to the value's channels
+        return self.tracer.create_proxy("call_function", operator.setitem, (self, idx, value), {})
 
 
 class _Attribute(_SequenceLength, fx.proxy.Attribute):
@@ -380,6 +385,9 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] =
     opaque: dict[str, str] = {}
     meta_args = tuple(to_meta(binding.leaves))
     with _modes(model, training), _entry(model, binding), _torch_patches():
+        # what forward stores on self while traced (proxies: `self.shape = x.shape`) is put back
+        # after every attempt, or the retry and the shape propagation would read stale proxies
+        saved = snapshot(model)
         while True:
             tracer = _Tracer(tuple(leaf_types), frozenset(leaf_names), meta_args, real_model)
             tracer.traced_func_name = _ENTRY
@@ -387,6 +395,7 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] =
                 graph = tracer.trace(model)
                 break
             except Exception as exc:  # fx raises many types; all mean "not traceable as is"
+                restore(saved)
                 culprit = tracer.failed_in
                 if culprit and culprit not in leaf_names:
                     leaf_names.add(culprit)
@@ -396,6 +405,8 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] =
             finally:
                 tracer._values.clear()  # meta values of the whole graph: drop them now
         gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+        restore(saved)
+        _keep_constants(model, gm)
     with _modes(model, training):
         meta_ok = _propagate_shapes(gm, model, binding, real_model or model)
     reached = set()
@@ -407,6 +418,21 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] =
             mod = named_modules[node.target]
             reached.update(f"{node.target}.{n}" for n, _ in mod.named_parameters())
     return Trace(gm, training, reached, opaque, tracer.decided, meta_ok)
+
+
+def _keep_constants(model: nn.Module, gm: fx.GraphModule) -> None:
+    """The tensor constants fx stored on the traced model (``_tensor_constant0``) are read by the
+    graph builder from the model: put back the ones the restore removed."""
+    for node in gm.graph.nodes:
+        if node.op != "get_attr":
+            continue
+        owner_name, _, attr = node.target.rpartition(".")
+        try:
+            owner = model.get_submodule(owner_name)
+            if not hasattr(owner, attr):
+                setattr(owner, attr, getattr(gm.get_submodule(owner_name), attr))
+        except AttributeError:
+            pass
 
 
 _ENTRY = "_depgraph_prune_entry"
@@ -535,6 +561,7 @@ def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, binding: Binding, re
              **dict(gm.named_buffers(remove_duplicate=False))}
     # BatchNorm in training mode refuses batch 1; the trace is already fixed, so shapes can be
     # propagated with every module in eval mode.
+    saved = snapshot(gm)
     with _modes(gm, False), torch.no_grad():
         try:
             # meta tensors: shapes only, no memory, and the model's own tensors are never touched
@@ -542,6 +569,7 @@ def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, binding: Binding, re
                 _ShapeRecorder(gm).run(*to_meta(flat_args))
             return True
         except Exception:
+            restore(saved)  # meta tensors a leaf cached on self before it failed
             pass  # some ops have no meta kernel or compare devices: use real tensors
         try:
             # the real tensors, by name, from the user's model (the traced copy may hold meta ones)
@@ -571,8 +599,8 @@ def detached(model: nn.Module, meta: bool = True):
     except Exception:  # an attribute that cannot be copied
         clone = None
     if meta:
-        if clone is None:
-            with on_meta(model):
+        if clone is None:  # no copy: run the model itself, and put back what forward stores on it
+            with side_effects_undone(model), on_meta(model):
                 yield model
         else:
             from .._fast_meta import MetaMemo
@@ -582,7 +610,8 @@ def detached(model: nn.Module, meta: bool = True):
     target = clone if clone is not None else model
     state = {k: v.detach() for k, v in model.named_parameters(remove_duplicate=False)}
     state.update({k: v.detach().clone() for k, v in model.named_buffers(remove_duplicate=False)})
-    with stateless._reparametrize_module(target, state):
+    with side_effects_undone(model) if clone is None else contextlib.nullcontext(), \
+            stateless._reparametrize_module(target, state):
         yield target
 
 
@@ -601,6 +630,8 @@ def preserved_attributes(model: nn.Module):
         attrs = {}
         for k, v in m.__dict__.items():
             if k in _MODULE_STATE:
+                if isinstance(v, dict):  # only what forward *adds* (a lazily registered buffer) goes again
+                    attrs[k] = (v, set(v))
                 continue
             contents = v.copy() if type(v) in (list, dict, set, OrderedDict) else None
             attrs[k] = (v, contents)
@@ -612,6 +643,10 @@ def preserved_attributes(model: nn.Module):
             for k in [k for k in m.__dict__ if k not in _MODULE_STATE and k not in attrs]:
                 del m.__dict__[k]
             for k, (v, contents) in attrs.items():
+                if k in _MODULE_STATE:
+                    for name in [n for n in v if n not in contents]:
+                        del v[name]
+                    continue
                 if contents is not None:
                     if type(v) is list:
                         v[:] = contents
