@@ -122,7 +122,8 @@ def measure_latency(model: nn.Module, example_inputs, repeat: int = 10, warmup: 
         raise ValueError(f"measure_latency: repeat must be a positive integer, got {repeat!r}")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"measure_latency: warmup must be a non-negative integer, got {warmup!r}")
-    args, kwargs = _as_args(example_inputs)
+    from .trace.inputs import normalize_inputs
+    args, kwargs = normalize_inputs(example_inputs)
     cuda = any(t.is_cuda for t in list(model.parameters())[:1]) and torch.cuda.is_available()
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     threads = torch.get_num_threads()
