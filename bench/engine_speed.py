@@ -130,39 +130,46 @@ def warmup():
 
 
 def profile(name, top=25):
-    """cProfile of one ``dp.prune`` (after a warm-up), plus a wall-clock breakdown by stage."""
+    """cProfile of one ``dp.prune`` (after a warm-up), sorted by cumulative and by own time."""
     import cProfile
     import pstats
     import warnings
-    import torch
-    import depgraph_prune as dp
-    from depgraph_prune import surgery
-    from depgraph_prune.importance import resolve
-    from depgraph_prune.plan import group_ratios, local_plan
     C.single_thread()
     warnings.filterwarnings("ignore")
     warmup()
-    # stage breakdown (same steps as dp.prune with ratio=0.5)
-    m, x, cls = C.make_model(name)
-    st = {}
-    t = time.perf_counter(); g = dp.build_graph(m, x, ignored_layers=[cls]); st["build_graph"] = time.perf_counter() - t
-    t = time.perf_counter(); dp.count_ops(m, x); st["count_ops (before)"] = time.perf_counter() - t
-    t = time.perf_counter(); plan = local_plan(g, resolve("l2"), group_ratios(g, 0.5, None)); st["scores + plan"] = time.perf_counter() - t
-    t = time.perf_counter(); rec = surgery.apply_plan(g, plan); st["apply_plan (surgery)"] = time.perf_counter() - t
-    t = time.perf_counter(); surgery.check_runs(m, x, g._output_structure); st["check_runs (meta validation)"] = time.perf_counter() - t
-    t = time.perf_counter(); dp.count_ops(m, x); st["count_ops (after)"] = time.perf_counter() - t
-    total = sum(st.values())
-    print(f"stage breakdown of dp.prune({name}, ratio=0.5, importance='l2'), 1 thread:")
-    print(C.table(["stage", "seconds", "share"], [[k, f"{v:.2f}", f"{v / total:.0%}"] for k, v in st.items()]))
-    del m, g, plan, rec
     m, x, cls = C.make_model(name)
     pr = cProfile.Profile()
     pr.enable()
-    dp.prune(m, x, ratio=0.5, importance="l2", ignored_layers=[cls])
+    _prune_ours(m, x, cls)
     pr.disable()
     s = pstats.Stats(pr, stream=sys.stdout)
     s.sort_stats("cumulative").print_stats(top)
     s.sort_stats("tottime").print_stats(top)
+
+
+def stages(models, repeat=3):
+    """Per-stage wall-clock breakdown of the timed ``dp.prune`` call (bench/_stages.py), one row
+    per model, medians of ``repeat`` calls; TP's ``step()`` total alongside."""
+    import warnings
+    import _stages
+    C.single_thread()
+    warnings.filterwarnings("ignore")
+    warmup()
+    rows = []
+    for name in models:
+        b = _stages.breakdown(lambda: C.make_model(name), _prune_ours, repeat)
+        tp = []
+        for _ in range(repeat):
+            m, x, cls = C.make_model(name)
+            gc.collect()
+            t = time.perf_counter()
+            _prune_theirs(m, x, cls)
+            tp.append(time.perf_counter() - t)
+            del m
+        rows.append([name] + [f"{b[k]:.3f}" for k in _stages.STAGES] + [f"{b['total']:.3f}", f"{C.median(tp):.3f}"])
+        print(f"  {name}: total {b['total']:.3f} s (TP {C.median(tp):.3f} s)", flush=True)
+    print(f"\nseconds per stage of dp.prune(model, x, ratio=0.5, importance='l2'), median of {repeat}, 1 thread")
+    print(C.table(["model"] + _stages.STAGES + ["total", "TP step()"], rows))
 
 
 # ----------------------------------------------------------------------------- parent
@@ -176,6 +183,8 @@ def main():
     p.add_argument("--log", default=None, help="worker stderr goes here (default: discarded)")
     p.add_argument("--profile", default=None, metavar="MODEL",
                    help="instead of the comparison: cProfile ours' dp.prune on MODEL and print the top functions")
+    p.add_argument("--stages", action="store_true",
+                   help="instead of the comparison: per-stage breakdown of ours' dp.prune on --models")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -185,6 +194,10 @@ def main():
         profile(args.profile)
         return
     models = [m for m in args.models.split(",") if m]
+    if args.stages:
+        print(C.machine_line(), flush=True)
+        stages(models, args.repeat)
+        return
     print(C.machine_line(), flush=True)
     print(f"command: python bench/engine_speed.py {' '.join(sys.argv[1:])}", flush=True)
     worker = C.Worker(os.path.abspath(__file__), log_path=args.log)

@@ -9,8 +9,14 @@ on meta tensors. Many meta kernels are Python decompositions (batch norm ~2 ms, 
 call, against microseconds for a real op on a small tensor). A meta kernel's output depends only
 on its inputs' metadata and its other arguments, so the first call of an op on given metadata is
 run for real and the shapes, strides and dtypes it returned are reused for every identical call,
-which deep networks repeat block after block. Ops that mutate or alias their inputs (in-place,
-views) always run: their outputs must be the inputs themselves.
+which deep networks repeat block after block.
+
+In-place ops (``relu_``, ``hardtanh_``, ``add_``, ...) return their written argument itself. Their
+Python meta kernels are as slow as the functional ones (MobileNet's 140 ``hardtanh_`` calls cost
+~6 ms each), so they are memoized too: the first call on given metadata runs for real, and when it
+returned its written argument(s) with shape, strides, dtype and offset unchanged, every identical
+call is answered with those arguments, without running. Ops that change their argument's
+metadata (``resize_``, ``unsqueeze_``), views and random ops always run.
 """
 from __future__ import annotations
 
@@ -25,6 +31,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 _LIMIT = 1 << 14
 _CACHE: dict = {}
 _CACHEABLE: dict = {}
+_INPLACE: dict = {}
+_FLOPS: dict = {}  # FLOPs of a memoized call (same key as _CACHE), when a counting run saw it
 _SCALARS = (int, float, bool, str, type(None), torch.dtype, torch.device, torch.layout, torch.memory_format)
 
 
@@ -39,6 +47,47 @@ def _cacheable(func) -> bool:
         ok = _CACHEABLE[func] = not schema.is_mutable and all(r.alias_info is None for r in schema.returns) \
             and not any(torch.Tag.nondeterministic_seeded == t for t in func.tags)
     return ok
+
+
+def _inplace_outputs(func):
+    """For an op whose every return is one of its written (``Tensor(a!)``) arguments, the
+    ``(position, name)`` of the argument behind each return; None for any other op."""
+    try:
+        return _INPLACE[func]
+    except KeyError:
+        pass
+    schema = func._schema
+    outs = None
+    if schema.is_mutable and schema.returns and not any(torch.Tag.nondeterministic_seeded == t for t in func.tags):
+        written, ok = {}, True
+        for i, a in enumerate(schema.arguments):
+            if a.alias_info is not None:
+                if not a.alias_info.is_write or str(a.type) != "Tensor":
+                    ok = False  # a view of an argument, or a written list of tensors
+                    break
+                written[frozenset(a.alias_info.before_set)] = (i, a.name)
+        if ok:
+            outs = []
+            for r in schema.returns:
+                k = frozenset(r.alias_info.before_set) if r.alias_info is not None else None
+                if k is None or not r.alias_info.is_write or k not in written:
+                    outs = None
+                    break
+                outs.append(written[k])
+            if outs is not None and len(set(outs)) != len(written):
+                outs = None  # an argument written but not returned
+            outs = tuple(outs) if outs else None
+    _INPLACE[func] = outs
+    return outs
+
+
+def _argument(args, kwargs, where):
+    i, name = where
+    return args[i] if i < len(args) else kwargs[name]
+
+
+def _meta_of(t):
+    return (t.shape, t.stride(), t.dtype, t.storage_offset())
 
 
 def _key(obj):
@@ -81,29 +130,103 @@ def _build(spec):
 
 
 class MetaMemo(TorchDispatchMode):
-    """Active around a run on meta tensors; calls on real tensors pass straight through."""
+    """Active around a run on meta tensors; calls on real tensors pass straight through.
+
+    ``count_flops=True``: also count FLOPs as :class:`torch.utils.flop_counter.FlopCounterMode`
+    does (same formulas, same decomposition of ops that have none), into ``self.flops``, with the
+    count of each memoized call remembered next to its output, and without the counter's
+    per-module bookkeeping (a module tracker and a pytree walk per op)."""
+
+    def __init__(self, count_flops: bool = False):
+        super().__init__()
+        self.count_flops = count_flops
+        self.flops = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if self.count_flops and _decomposable(func):
+            with self:  # as FlopCounterMode does: a composite op is counted through its parts
+                r = func.decompose(*args, **kwargs)
+            if r is not NotImplemented:
+                return r
         if not _cacheable(func):
-            return func(*args, **kwargs)
+            outs = _inplace_outputs(func)
+            if outs is None:
+                return self._counted(func, None, func(*args, **kwargs), args, kwargs)
+            return self._counted(func, None, self._inplace(func, outs, args, kwargs), args, kwargs)
         try:
             key = (func, _key(args), _key(kwargs))
         except (_NotCacheable, TypeError):  # a real tensor, a subclass or an unhashable argument
-            return func(*args, **kwargs)
+            return self._counted(func, None, func(*args, **kwargs), args, kwargs)
         spec = _CACHE.get(key)
         if spec is not None:
-            return _build(spec)
+            return self._counted(func, key, _build(spec), args, kwargs)
         out = func(*args, **kwargs)
         try:
             spec = _spec(out)
         except _NotCacheable:
-            return out
+            return self._counted(func, None, out, args, kwargs)
         if spec is not None:
             if len(_CACHE) >= _LIMIT:
                 _CACHE.clear()
+                _FLOPS.clear()
             _CACHE[key] = spec
+        return self._counted(func, key, out, args, kwargs)
+
+    def _counted(self, func, key, out, args, kwargs):
+        if not self.count_flops:
+            return out
+        n = _FLOPS.get(key) if key is not None else None
+        if n is None:
+            formula = _flop_registry().get(func._overloadpacket)
+            n = int(formula(*args, **kwargs, out_val=out)) if formula is not None else 0
+            if key is not None:
+                _FLOPS[key] = n
+        self.flops += n
         return out
+
+    @staticmethod
+    def _inplace(func, outs, args, kwargs):
+        try:
+            key = (func, _key(args), _key(kwargs))
+        except (_NotCacheable, TypeError):
+            return func(*args, **kwargs)
+        targets = [_argument(args, kwargs, w) for w in outs]
+        if _CACHE.get(key) == "inplace":
+            return targets[0] if len(targets) == 1 else tuple(targets)
+        before = [_meta_of(t) for t in targets]
+        out = func(*args, **kwargs)
+        got = out if isinstance(out, (tuple, list)) else (out,)
+        # memoize only what provably changed nothing but the (absent) data of its arguments
+        if len(got) == len(targets) and all(a is b for a, b in zip(got, targets)) \
+                and [_meta_of(t) for t in targets] == before:
+            if len(_CACHE) >= _LIMIT:
+                _CACHE.clear()
+                _FLOPS.clear()
+            _CACHE[key] = "inplace"
+        return out
+
+
+_REGISTRY: dict = {}
+_DECOMPOSABLE: dict = {}
+
+
+def _decomposable(func) -> bool:
+    """Whether ``func.decompose`` would do anything (FlopCounterMode tries it on every op)."""
+    ok = _DECOMPOSABLE.get(func)
+    if ok is None:
+        dk = torch._C.DispatchKey.CompositeImplicitAutograd
+        ok = _DECOMPOSABLE[func] = func is not torch.ops.prim.device.default and isinstance(func, torch._ops.OpOverload) \
+            and (dk in func.py_kernels or torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), dk))
+    return ok
+
+
+def _flop_registry() -> dict:
+    """torch's FLOP formulas (op overloads and packets → formula), loaded once."""
+    if not _REGISTRY:
+        from torch.utils.flop_counter import flop_registry
+        _REGISTRY.update(flop_registry)
+    return _REGISTRY
 
 
 def to_meta(obj):
@@ -112,10 +235,11 @@ def to_meta(obj):
 
 
 @contextlib.contextmanager
-def on_meta(model: nn.Module):
+def on_meta(model: nn.Module, count_flops: bool = False):
     """Within the block, ``model`` holds meta twins of its parameters and buffers (its own tensors
-    are never touched) and meta-op results are memoized; call it with ``to_meta`` inputs."""
+    are never touched) and meta-op results are memoized; call it with ``to_meta`` inputs. Yields
+    the :class:`MetaMemo` (its ``flops`` with ``count_flops=True``)."""
     state = to_meta({**dict(model.named_parameters(remove_duplicate=False)),
                      **dict(model.named_buffers(remove_duplicate=False))})
-    with stateless._reparametrize_module(model, state), MetaMemo():
-        yield
+    with stateless._reparametrize_module(model, state), MetaMemo(count_flops) as memo:
+        yield memo

@@ -113,6 +113,15 @@ def _macs_of_plan(model, graph, plan, meta_inputs) -> int:
     return count_ops(clone, meta_inputs).macs
 
 
+def _count_before(graph, model, example_inputs) -> OpCount:
+    """The unpruned model's cost: the MACs counted while the graph propagated shapes (the same
+    count as ``count_ops``, without a second run of the model), else ``count_ops``."""
+    macs = getattr(getattr(graph, "_ctx", None), "macs", None)
+    if macs is None:
+        return count_ops(model, example_inputs)
+    return OpCount(macs=int(macs), params=int(sum(p.numel() for p in model.parameters())))
+
+
 def _search_plan(model, example_inputs, graph, scorer, target_macs, kw) -> dict:
     """A plan whose MACs land on ``target_macs``: bisection on the common ratio, then, where
     coarse groups (attention heads, channel blocks) jump over the target, a second bisection
@@ -234,7 +243,7 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
     # the graph first: a bad example input gets the tracer's clear message
     graph = build_graph(model, example_inputs, ignored_layers=ignored_layers, leaf_modules=leaf_modules,
                             frozen=frozen, attention=attention)
-    before = count_ops(model, example_inputs)
+    before = _count_before(graph, model, example_inputs)
     records, notes, widths = [], list(graph.notes), []
     frozen_groups = [(g.members[0].name, n, r) for g in graph.groups for r, n in g.frozen_reasons.most_common()]
     rounds = range(1, steps + 1)

@@ -177,6 +177,7 @@ def build_context(model: nn.Module, example_inputs: Any, leaf_names: Iterable[st
     tr = _trace.trace(model, example_inputs, leaf_types=leaf_types, leaf_names=leaf_names, training=False,
                       real_model=real)
     ctx.opaque = dict(tr.opaque)
+    ctx.macs = tr.macs
     walk(ctx, tr.gm, tr.decided)
     reached = set(tr.reached_params)
     all_params = {n for n, _ in model.named_parameters()}

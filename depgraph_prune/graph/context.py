@@ -54,6 +54,8 @@ class BuildContext:
     opaque: dict = field(default_factory=dict)
     #: how nn.MultiheadAttention shrinks: "heads" (whole heads) or "head_dim" (every head's width)
     attention: str = "heads"
+    #: MACs of the model on the example inputs, counted while shapes were propagated (or None)
+    macs: int | None = None
 
     def snapshot(self):
         a = self.atoms

@@ -192,6 +192,9 @@ class Trace:
     reached_params: set[str] = field(default_factory=set)
     opaque: dict[str, str] = field(default_factory=dict)  # module made a leaf → why it could not be traced
     decided: list[str] = field(default_factory=list)  # nodes whose value decided control flow
+    #: MACs of one forward pass on the example inputs, counted during shape propagation (the
+    #: same count as ``measure.count_ops``); None when propagation needed the real tensors
+    macs: int | None = None
 
 
 def structural_copy(model: nn.Module) -> nn.Module:
@@ -289,7 +292,7 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] =
                     continue
                 raise TraceError(_untraceable_message(model, exc)) from exc
         gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-        _propagate_shapes(gm, model, args, kwargs, real_model or model)
+        macs = _propagate_shapes(gm, model, args, kwargs, real_model or model)
     reached = set()
     named_modules = dict(model.named_modules())
     for node in gm.graph.nodes:
@@ -298,7 +301,7 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] =
         elif node.op == "call_module":
             mod = named_modules[node.target]
             reached.update(f"{node.target}.{n}" for n, _ in mod.named_parameters())
-    return Trace(gm, training, reached, opaque, tracer.decided)
+    return Trace(gm, training, reached, opaque, tracer.decided, macs)
 
 
 def _meta_positional(model: nn.Module, args: tuple, kwargs: dict) -> tuple:
@@ -362,7 +365,9 @@ class _ShapeRecorder(fx.Interpreter):
         return result
 
 
-def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, args: tuple, kwargs: dict, real: nn.Module) -> None:
+def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, args: tuple, kwargs: dict, real: nn.Module) -> int | None:
+    """Record every node's output metadata; return the MACs of the run when it was on meta
+    tensors (counted on the way, as ``count_ops`` counts them: attention's fused fast path off)."""
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     flat_args = list(args)
     for node in placeholders[len(args):]:
@@ -376,14 +381,18 @@ def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, args: tuple, kwargs:
              **dict(gm.named_buffers(remove_duplicate=False))}
     # BatchNorm in training mode refuses batch 1; the trace is already fixed, so shapes can be
     # propagated with every module in eval mode.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     with _modes(gm, False), torch.no_grad():
         try:
             # meta tensors: shapes only, no memory, and the model's own tensors are never touched
-            with on_meta(gm):
+            torch.backends.mha.set_fastpath_enabled(False)
+            with on_meta(gm, count_flops=True) as memo:
                 _ShapeRecorder(gm).run(*to_meta(flat_args))
-            return
+            return memo.flops // 2
         except Exception:
             pass  # some ops have no meta kernel or compare devices: use real tensors
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
         try:
             # the real tensors, by name, from the user's model (the traced copy may hold meta ones)
             real_state = {k: v.detach() for k, v in real.named_parameters(remove_duplicate=False)}
