@@ -127,7 +127,8 @@ def _search_plan(model, example_inputs, graph, scorer, target_macs, kw) -> dict:
     coarse groups (attention heads, channel blocks) jump over the target, a second bisection
     that only moves the fine-grained groups."""
     from .plan import n_to_prune
-    scores = {g.index: scorer(g) for g in graph.prunable_groups}
+    with _imp.shared_reads():
+        scores = {g.index: scorer(g) for g in graph.prunable_groups}
     meta_inputs = _to_meta(example_inputs)
     if kw["global_ranking"]:
         plan_at = lambda r, fixed=None: global_plan(graph, lambda g: scores[g.index], r, kw["max_ratio"],  # noqa: E731
