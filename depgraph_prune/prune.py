@@ -11,6 +11,7 @@ from . import importance as _imp
 from ._fast_meta import to_meta as _to_meta
 from .errors import PruningError
 from .graph import DependencyGraph
+from .graph.reuse import after_prune
 from .measure import OpCount, count_ops
 from .plan import check_ratio, global_plan, group_ratios, local_plan, select_channels  # noqa: F401
 
@@ -253,10 +254,15 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
         rounds = tqdm(rounds, desc="pruning rounds")
     kw = dict(ratios=ratios, global_ranking=global_ranking, max_ratio=max_ratio, round_to=round_to,
               min_channels=min_channels, ignored=ignored_layers, leaves=leaf_modules, frozen=frozen)
+    record = None
     for i in rounds:
         if i > 1:
-            graph = build_graph(model, example_inputs, ignored_layers=ignored_layers, leaf_modules=leaf_modules,
+            # the pruned model's graph, derived from this one (no new trace) where the model
+            # still matches it; else traced afresh
+            graph = after_prune(graph, record or {}) or \
+                build_graph(model, example_inputs, ignored_layers=ignored_layers, leaf_modules=leaf_modules,
                             frozen=frozen, attention=attention)
+            record = None
         if needs_grad:
             scorer.accumulate(model, calibration, loss_fn=loss_fn)
         if target_speedup is not None:
@@ -268,7 +274,8 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
             plan = _plan(graph, scorer, r_ratio, r_ratios, global_ranking, max_ratio, round_to, min_channels)
         widths += [width_row(g, c) for g, c in plan.items()]
         if plan:
-            records.append(graph.prune(plan))
+            record = graph.prune(plan)
+            records.append(record)
         if callback is not None:
             callback(model, i)
     after = count_ops(model, example_inputs)
