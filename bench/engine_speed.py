@@ -9,8 +9,8 @@ For every model, two timings, each on a *fresh* model instance (construction not
   ``tp.DependencyGraph().build_dependency(model, example_inputs=x)``.
 * **prune**: the one-call path to a model with 50 % of the channels of every prunable group
   removed by L2 magnitude, classifier ignored. Ours: ``dp.prune(model, x, ratio=0.5,
-  importance="l2", ignored_layers=[classifier])`` (graph + scores + plan + surgery + its own
-  meta-tensor validation + its before/after MAC count); theirs:
+  importance="l2", ignored_layers=[classifier])``, the whole call (graph + scores + plan +
+  surgery + its checks + its before/after MAC count); theirs:
   ``tp.pruner.MagnitudePruner(model, x, tp.importance.MagnitudeImportance(p=2),
   pruning_ratio=0.5, ignored_layers=[classifier])`` then ``.step()`` (graph + groups + scores +
   surgery; it neither validates nor counts MACs).
@@ -21,7 +21,13 @@ first on odd ones); the table shows medians over ``--repeat`` runs and the ratio
 has its worker killed and is reported as "did not finish in T s" (later repeats of that
 cell are skipped). After the first prune of each (library, model) the pruned model is run
 (forward) and its output shape compared with the original; MACs kept are counted with
-``dp.count_ops`` (not timed). Goal (issue 8): ours ≥ 2× faster on every model.
+``dp.count_ops`` (not timed). Goals (issue 18): the one-call prune at least as fast as theirs on
+every model, and ≥ 2× faster on the median of the eight. The timed ``dp.prune`` call is the whole
+call: whatever it does (graph, scores, plan, surgery, its checks and numerical verification where
+the package has it, the before/after MAC counts) is inside the time.
+
+``--stages`` prints, instead, where ours' time goes: the per-stage breakdown of the same call
+(bench/_stages.py). ``--profile MODEL`` prints a cProfile of it.
 """
 from __future__ import annotations
 
@@ -149,7 +155,7 @@ def profile(name, top=25):
 
 def stages(models, repeat=3):
     """Per-stage wall-clock breakdown of the timed ``dp.prune`` call (bench/_stages.py), one row
-    per model, medians of ``repeat`` calls; TP's ``step()`` total alongside."""
+    per model, medians of ``repeat`` calls (Torch-Pruning's totals: the comparison table)."""
     import warnings
     import _stages
     C.single_thread()
@@ -158,18 +164,10 @@ def stages(models, repeat=3):
     rows = []
     for name in models:
         b = _stages.breakdown(lambda: C.make_model(name), _prune_ours, repeat)
-        tp = []
-        for _ in range(repeat):
-            m, x, cls = C.make_model(name)
-            gc.collect()
-            t = time.perf_counter()
-            _prune_theirs(m, x, cls)
-            tp.append(time.perf_counter() - t)
-            del m
-        rows.append([name] + [f"{b[k]:.3f}" for k in _stages.STAGES] + [f"{b['total']:.3f}", f"{C.median(tp):.3f}"])
-        print(f"  {name}: total {b['total']:.3f} s (TP {C.median(tp):.3f} s)", flush=True)
+        rows.append([name] + [f"{b[k]:.3f}" for k in _stages.STAGES] + [f"{b['total']:.3f}"])
+        print(f"  {name}: total {b['total']:.3f} s", flush=True)
     print(f"\nseconds per stage of dp.prune(model, x, ratio=0.5, importance='l2'), median of {repeat}, 1 thread")
-    print(C.table(["model"] + _stages.STAGES + ["total", "TP step()"], rows))
+    print(C.table(["model"] + _stages.STAGES + ["total"], rows))
 
 
 # ----------------------------------------------------------------------------- parent
@@ -258,17 +256,23 @@ def main():
                            f"MACs {info.get('macs_kept', 0):.0%}")
             else:
                 row.append(f"forward fails ({info.get('forward', '?')})")
-        ok = all(x is not None and x >= GOAL for x in ratios)
-        verdicts.append((name, ok, ratios))
+        prune_ratio = ratios[1]
+        ok = prune_ratio is not None and prune_ratio >= 1.0
+        verdicts.append((name, ok, prune_ratio))
         row.append("met" if ok else "MISSED")
         rows.append(row)
     headers = ["model", "build ours s", "build TP s", "build TP/ours", "prune ours s", "prune TP s",
-               "prune TP/ours", "ours pruned model", "TP pruned model", f"goal ≥{GOAL:.0f}×"]
+               "prune TP/ours", "ours pruned model", "TP pruned model", "prune ≥ 1×"]
     print()
     print(f"median of {args.repeat} runs, seconds; TP/ours = median of the per-repeat paired ratios (> 1: ours faster)")
     print(C.table(headers, rows))
     met = sum(v[1] for v in verdicts)
-    print(f"\ngoal (ours ≥ {GOAL:.0f}× faster, build and prune, every model): {met}/{len(verdicts)} models meet it")
+    known = [v[2] for v in verdicts if v[2] is not None]
+    med = C.median(known)
+    print(f"\ngoal 1 (one-call prune at least as fast as Torch-Pruning's step() on every model): "
+          f"{met}/{len(verdicts)} models meet it")
+    print(f"goal 2 (median of the prune ratios ≥ {GOAL:.0f}×): median {C.fmt_ratio(med)} over {len(known)} models "
+          f"(a Torch-Pruning timeout counts as timeout / ours, a lower bound): {'met' if med and med >= GOAL else 'MISSED'}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": C.machine_line(), "argv": sys.argv[1:], "raw": raw}, f, indent=1)

@@ -167,7 +167,7 @@ def shared_reads():
         yield
     finally:
         _session.cache = None
-        if drop_scratch() >= 1 << 17:  # large members were read: hand the heap's churn back
+        if drop_scratch() > _BLOCK:  # a row wider than a block needed a large buffer: hand it back
             release_free_memory()
 
 
@@ -294,7 +294,7 @@ class Importance:
         finally:
             # large members were read: hand the heap's churn back (at the end of a shared_reads
             # block, when in one)
-            if getattr(_session, "cache", None) is None and drop_scratch() >= 1 << 17:
+            if getattr(_session, "cache", None) is None and drop_scratch() > _BLOCK:
                 release_free_memory()
         return _reduce(parts, group.size, self.reduction)
 
