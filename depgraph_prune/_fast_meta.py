@@ -21,6 +21,7 @@ metadata (``resize_``, ``unsqueeze_``), views and random ops always run.
 from __future__ import annotations
 
 import contextlib
+import weakref
 
 import torch
 from torch import nn
@@ -31,6 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 _LIMIT = 1 << 14
 _CACHE: dict = {}
 _CACHEABLE: dict = {}
+_KEEP: list = []  # every op the tables below have seen (they are keyed by its id)
 _INPLACE: dict = {}
 _FLOPS: dict = {}  # FLOPs of a memoized call (same key as _CACHE), when a counting run saw it
 _SCALARS = (int, float, bool, str, type(None), torch.dtype, torch.device, torch.layout, torch.memory_format)
@@ -41,10 +43,11 @@ class _NotCacheable(Exception):
 
 
 def _cacheable(func) -> bool:
-    ok = _CACHEABLE.get(func)
+    ok = _CACHEABLE.get(id(func))
     if ok is None:
+        _KEEP.append(func)  # tables are keyed by id(func): keep the op alive so its id stays its own
         schema = func._schema
-        ok = _CACHEABLE[func] = not schema.is_mutable and all(r.alias_info is None for r in schema.returns) \
+        ok = _CACHEABLE[id(func)] = not schema.is_mutable and all(r.alias_info is None for r in schema.returns) \
             and not any(torch.Tag.nondeterministic_seeded == t for t in func.tags)
     return ok
 
@@ -53,7 +56,7 @@ def _inplace_outputs(func):
     """For an op whose every return is one of its written (``Tensor(a!)``) arguments, the
     ``(position, name)`` of the argument behind each return; None for any other op."""
     try:
-        return _INPLACE[func]
+        return _INPLACE[id(func)]
     except KeyError:
         pass
     schema = func._schema
@@ -77,7 +80,7 @@ def _inplace_outputs(func):
             if outs is not None and len(set(outs)) != len(written):
                 outs = None  # an argument written but not returned
             outs = tuple(outs) if outs else None
-    _INPLACE[func] = outs
+    _INPLACE[id(func)] = outs
     return outs
 
 
@@ -155,13 +158,13 @@ class MetaMemo(TorchDispatchMode):
                 return self._counted(func, None, func(*args, **kwargs), args, kwargs)
             return self._counted(func, None, self._inplace(func, outs, args, kwargs), args, kwargs)
         try:
-            key = (func, _key(args), _key(kwargs))
+            key = (id(func), _key(args), _key(kwargs))
         except (_NotCacheable, TypeError):  # a real tensor, a subclass or an unhashable argument
             return self._counted(func, None, func(*args, **kwargs), args, kwargs)
         spec = _CACHE.get(key)
         if spec is not None:
             return self._counted(func, key, _build(spec), args, kwargs)
-        out = func(*args, **kwargs)
+        out = _formula_or_run(func, args, kwargs)
         try:
             spec = _spec(out)
         except _NotCacheable:
@@ -188,7 +191,7 @@ class MetaMemo(TorchDispatchMode):
     @staticmethod
     def _inplace(func, outs, args, kwargs):
         try:
-            key = (func, _key(args), _key(kwargs))
+            key = (id(func), _key(args), _key(kwargs))
         except (_NotCacheable, TypeError):
             return func(*args, **kwargs)
         targets = [_argument(args, kwargs, w) for w in outs]
@@ -207,16 +210,90 @@ class MetaMemo(TorchDispatchMode):
         return out
 
 
+# ---------------------------------------------------------------------------- output formulas
+# A few meta kernels are slow Python decompositions even on first sight of a shape (eval-mode
+# batch norm: ~3.5 ms, against microseconds for its output's metadata), and a pruned model shows
+# every one of them new shapes. For those, the output metadata is written down as a formula of
+# the inputs' metadata. A formula is trusted only for a *class* of calls (op, dtypes, rank,
+# memory format, which optional arguments are given) once it agreed with the real meta kernel on
+# the first call of that class; a class where it did not always runs the kernel.
+_FORMULAS: dict = {}
+_FORMULA_OK: dict = {}
+
+
+def _dense_format(x) -> str | None:
+    if x.is_contiguous():
+        return "contiguous"
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return "channels_last"
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return "channels_last_3d"
+    return None
+
+
+def _bn_class(func, x, stats, training):
+    if training or not isinstance(x, torch.Tensor) or x.dim() < 2:
+        return None
+    fmt = _dense_format(x)
+    if fmt is None:
+        return None
+    return (id(func), x.dtype, x.dim(), fmt,
+            tuple(None if t is None else (t.dtype, t.dim(), t.is_contiguous()) for t in stats))
+
+
+def _bn_eval(x, stats):
+    c = x.shape[1]
+    dtype = next((t.dtype for t in stats[2:] if t is not None), x.dtype)
+    out = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="meta")
+    return (out, torch.empty((c,), dtype=dtype, device="meta"), torch.empty((c,), dtype=dtype, device="meta"))
+
+
+def _register_formulas():
+    aten = torch.ops.aten
+    # native_batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps)
+    _KEEP.extend([aten.native_batch_norm.default, aten._native_batch_norm_legit_no_training.default])
+    _FORMULAS[id(aten.native_batch_norm.default)] = (
+        lambda f, a, k: _bn_class(f, a[0], a[1:5], a[5]), lambda a, k: _bn_eval(a[0], a[1:5]))
+    # _native_batch_norm_legit_no_training(input, weight, bias, running_mean, running_var, momentum, eps)
+    _FORMULAS[id(aten._native_batch_norm_legit_no_training.default)] = (
+        lambda f, a, k: _bn_class(f, a[0], a[1:5], False), lambda a, k: _bn_eval(a[0], a[1:5]))
+
+
+def _formula_or_run(func, args, kwargs):
+    if not _FORMULAS:
+        _register_formulas()
+    entry = _FORMULAS.get(id(func))
+    if entry is None or kwargs:
+        return func(*args, **kwargs)
+    try:
+        cls = entry[0](func, args, kwargs)
+    except Exception:  # unexpected argument forms: the kernel decides
+        cls = None
+    if cls is None:
+        return func(*args, **kwargs)
+    ok = _FORMULA_OK.get(cls)
+    if ok:
+        return entry[1](args, kwargs)
+    out = func(*args, **kwargs)
+    if ok is None:
+        try:
+            _FORMULA_OK[cls] = _spec(out) == _spec(entry[1](args, kwargs))
+        except Exception:
+            _FORMULA_OK[cls] = False
+    return out
+
+
 _REGISTRY: dict = {}
 _DECOMPOSABLE: dict = {}
 
 
 def _decomposable(func) -> bool:
     """Whether ``func.decompose`` would do anything (FlopCounterMode tries it on every op)."""
-    ok = _DECOMPOSABLE.get(func)
+    ok = _DECOMPOSABLE.get(id(func))
     if ok is None:
+        _KEEP.append(func)
         dk = torch._C.DispatchKey.CompositeImplicitAutograd
-        ok = _DECOMPOSABLE[func] = func is not torch.ops.prim.device.default and isinstance(func, torch._ops.OpOverload) \
+        ok = _DECOMPOSABLE[id(func)] = func is not torch.ops.prim.device.default and isinstance(func, torch._ops.OpOverload) \
             and (dk in func.py_kernels or torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), dk))
     return ok
 
@@ -239,7 +316,32 @@ def on_meta(model: nn.Module, count_flops: bool = False):
     """Within the block, ``model`` holds meta twins of its parameters and buffers (its own tensors
     are never touched) and meta-op results are memoized; call it with ``to_meta`` inputs. Yields
     the :class:`MetaMemo` (its ``flops`` with ``count_flops=True``)."""
-    state = to_meta({**dict(model.named_parameters(remove_duplicate=False)),
-                     **dict(model.named_buffers(remove_duplicate=False))})
+    state = {**dict(model.named_parameters(remove_duplicate=False)), **dict(model.named_buffers(remove_duplicate=False))}
+    state = {k: _twin(t) for k, t in state.items()}
     with stateless._reparametrize_module(model, state), MetaMemo(count_flops) as memo:
         yield memo
+
+
+_TWINS: dict = {}  # id(tensor) -> (weakref to it, its metadata then, its meta twin)
+
+
+def _twin(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s meta twin, reused while ``t`` lives with the same metadata: a model is run on
+    meta tensors several times per prune (shape propagation, the check, the MAC counts), and
+    making a twin per tensor per run costs more than the run's memoized ops."""
+    meta = (t.shape, t.stride(), t.dtype, t.storage_offset(), t.device)
+    hit = _TWINS.get(id(t))
+    if hit is not None and hit[0]() is t and hit[1] == meta:
+        return hit[2]
+    twin = t.detach().to("meta")
+    try:
+        ref = weakref.ref(t)
+    except TypeError:
+        return twin
+    if len(_TWINS) >= _LIMIT:
+        for k in [k for k, v in _TWINS.items() if v[0]() is None]:
+            del _TWINS[k]
+        if len(_TWINS) >= _LIMIT:
+            _TWINS.clear()
+    _TWINS[id(t)] = (ref, meta, twin)
+    return twin
