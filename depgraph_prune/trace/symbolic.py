@@ -133,8 +133,31 @@ class _Tracer(fx.Tracer):
     def create_node(self, kind, target, args, kwargs, name=None, type_expr=None):
         # Source lines are only read to tell which attribute an integer constant came from, and
         # capturing a traceback per node is a large part of tracing: record them where needed.
-        self.record_stack_traces = _has_int_constant((args, kwargs))
+        self.record_stack_traces = _has_int_constant((args, kwargs)) and not _takes_dims_only(kind, target)
         return super().create_node(kind, target, args, kwargs, name, type_expr)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        """fx's ``getattr`` finds a parameter's name by walking ``root.named_parameters()`` on
+        every access (quadratic in a model that reads parameters in ``forward``, as ConvNeXt's
+        layer scales); the same lookup from one table per trace."""
+        if not isinstance(attr_val, torch.Tensor) or self.param_shapes_constant:
+            return super().getattr(attr, attr_val, parameter_proxy_cache)
+        tables = getattr(self, "_name_tables", None)
+        if tables is None or tables[0] is not self.root:
+            params, buffers = {}, {}
+            for n, p in self.root.named_parameters():
+                params.setdefault(id(p), n)
+            for n, b in self.root.named_buffers():
+                buffers.setdefault(id(b), n)
+            tables = self._name_tables = (self.root, params, buffers)
+        name = tables[1].get(id(attr_val)) if isinstance(attr_val, nn.Parameter) else None
+        if name is None and self.proxy_buffer_attributes:
+            name = tables[2].get(id(attr_val))
+        if name is None:
+            return attr_val
+        if name not in parameter_proxy_cache:
+            parameter_proxy_cache[name] = self.create_proxy("get_attr", name, (), {})
+        return parameter_proxy_cache[name]
 
     def call_module(self, m, forward, args, kwargs):
         if self._evaluating:
@@ -156,6 +179,23 @@ class _Tracer(fx.Tracer):
         if qualname in self._leaf_names or rule_type(m, self._leaf_types) is not None:
             return True
         return super().is_leaf_module(m, qualname)
+
+
+# Ops whose integer arguments are dim indices or part counts, never widths: the rules never ask
+# which attribute those came from, so their nodes skip the (costly) stack-trace capture.
+_DIMS_ONLY = frozenset({
+    "permute", "transpose", "swapaxes", "swapdims", "flatten", "movedim", "moveaxis", "unsqueeze", "squeeze",
+    "mean", "sum", "amax", "amin", "softmax", "log_softmax", "cat", "concat", "concatenate", "stack", "size",
+    "dim", "chunk", "contiguous", "type_as", "cumsum", "argmax", "argmin", "norm", "var", "std"})
+
+
+def _takes_dims_only(kind: str, target) -> bool:
+    if kind == "call_method":
+        return target in _DIMS_ONLY
+    if kind == "call_function":
+        return getattr(target, "__name__", None) in _DIMS_ONLY and \
+            getattr(target, "__module__", "") in ("torch", "torch.nn.functional", "torch._C._VariableFunctions", None)
+    return False
 
 
 def _has_int_constant(obj) -> bool:
