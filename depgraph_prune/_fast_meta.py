@@ -248,8 +248,63 @@ def _bn_eval(x, stats):
     return (out, torch.empty((c,), dtype=dtype, device="meta"), torch.empty((c,), dtype=dtype, device="meta"))
 
 
+def _layout(x) -> str | None:
+    """``"channels_last"`` only where that is the tensor's one dense format, else contiguous."""
+    if x.is_contiguous():
+        return "contiguous"
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return "channels_last"
+    return None
+
+
+def _binary_class(func, a, b):
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.dim() == 0 or b.dim() == 0:
+        return None
+    la, lb = _layout(a), _layout(b)
+    if la is None or lb is None:
+        return None
+    return (id(func), a.dtype, b.dtype, la, lb, tuple(s == 1 for s in a.shape), tuple(s == 1 for s in b.shape))
+
+
+def _binary(a, b):
+    shape = torch.broadcast_shapes(a.shape, b.shape)
+    full = a if tuple(a.shape) == tuple(shape) else b if tuple(b.shape) == tuple(shape) else None
+    fmt = torch.channels_last if full is not None and _layout(full) == "channels_last" else torch.contiguous_format
+    return torch.empty(shape, dtype=torch.result_type(a, b), device="meta", memory_format=fmt)
+
+
+def _reduced_dims(x, dims):
+    if not isinstance(dims, (list, tuple)) or not dims or not all(type(d) is int for d in dims):
+        return None
+    return tuple(sorted({d % x.dim() for d in dims}))
+
+
+def _mean_class(func, a):
+    if len(a) < 2 or not isinstance(a[0], torch.Tensor) or a[0].dim() == 0 or _layout(a[0]) is None:
+        return None
+    dims = _reduced_dims(a[0], a[1])
+    keep = a[2] if len(a) > 2 else False
+    if dims is None or type(keep) is not bool:
+        return None
+    return (id(func), a[0].dtype, a[0].dim(), _layout(a[0]), dims, keep)
+
+
+def _mean(a):
+    x, dims = a[0], _reduced_dims(a[0], a[1])
+    keep = a[2] if len(a) > 2 else False
+    shape = [1 if d in dims else s for d, s in enumerate(x.shape)] if keep else \
+        [s for d, s in enumerate(x.shape) if d not in dims]
+    return torch.empty(shape, dtype=x.dtype, device="meta")
+
+
 def _register_formulas():
     aten = torch.ops.aten
+    for op in (aten.mul.Tensor, aten.add.Tensor, aten.sub.Tensor, aten.div.Tensor):
+        _KEEP.append(op)
+        _FORMULAS[id(op)] = (lambda f, a, k: _binary_class(f, a[0], a[1]) if len(a) == 2 else None,
+                             lambda a, k: _binary(a[0], a[1]))
+    _KEEP.append(aten.mean.dim)
+    _FORMULAS[id(aten.mean.dim)] = (lambda f, a, k: _mean_class(f, a), lambda a, k: _mean(a))
     # native_batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps)
     _KEEP.extend([aten.native_batch_norm.default, aten._native_batch_norm_legit_no_training.default])
     _FORMULAS[id(aten.native_batch_norm.default)] = (

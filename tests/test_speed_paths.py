@@ -201,3 +201,38 @@ def test_a_callback_that_changes_the_model_gets_a_fresh_trace():
     result = dp.prune(model2, x, ratio=0.5, steps=2, callback=widen)
     assert model2(x).shape == (1, 4, 10, 10)
     assert model2[2].out_channels < 12 and len(result.records) == 2
+
+
+class _Record(torch.utils._python_dispatch.TorchDispatchMode):
+    """Metadata of every op's outputs, as the model sees them."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        outs = out if isinstance(out, (tuple, list)) else [out]
+        self.seen.append((str(func), [(tuple(t.shape), t.stride(), t.dtype, t.storage_offset())
+                                      for t in outs if isinstance(t, torch.Tensor)]))
+        return out
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_memo_and_output_formulas_give_what_the_meta_kernels_give(channels_last):
+    """Batch norm, broadcasting products (SE blocks) and means answered by formula or memo have
+    exactly the shapes, strides and dtypes the real meta kernels return, at shapes never seen."""
+    from torch.nn.utils import stateless
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small().eval()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        model = model.to(memory_format=fmt)
+    for size in (48, 40, 48):  # new shapes, new shapes again, then memoized
+        x = to_meta(torch.randn(1, 3, size, size).contiguous(memory_format=fmt))
+        plain = to_meta({**dict(model.named_parameters()), **dict(model.named_buffers())})
+        with torch.no_grad(), stateless._reparametrize_module(model, plain), _Record() as want:
+            model(x)  # the meta kernels themselves
+        with torch.no_grad(), on_meta(model), _Record() as got:
+            model(x)  # the memo and its formulas underneath
+        assert got.seen == want.seen
