@@ -86,10 +86,11 @@ def select_channels(group: Group, scores, n_prune: int) -> list[int]:
     chosen[order[:n_prune]] = True
     for m in group.members:
         ch = m._channel_of
-        if (ch < 0).any():
+        if ch.size == 0 or (ch < 0).any():
             continue  # the member keeps fixed positions anyway
-        mine = np.unique(ch)
-        if chosen[mine].all():
+        covered = np.bincount(ch, minlength=group.size).astype(bool)  # (no sort, unlike unique)
+        if chosen[covered].all():
+            mine = np.flatnonzero(covered)
             chosen[mine[np.argmax(s[mine])]] = False
     return np.nonzero(chosen)[0].tolist()
 
