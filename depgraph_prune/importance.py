@@ -174,7 +174,11 @@ def shared_reads():
 def _to_channels(member: GroupMember, per_pos: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum per-position values (last dim = positions along the member's dim) into group channels.
     Returns ``(scores[..., size], present[size])``."""
-    ch = torch.as_tensor(np.asarray(member._channel_of), dtype=torch.long)
+    raw = np.asarray(member._channel_of)
+    if raw.size == size and per_pos.shape[-1] == size and (size == 0 or (raw[0] == 0 and (np.diff(raw) == 1).all())):
+        # position i is channel i (the common case): the sums are the scores as they are
+        return per_pos.to(torch.float64).clone(), torch.ones(size, dtype=torch.bool)
+    ch = torch.as_tensor(raw, dtype=torch.long)
     ok = ch >= 0
     out = torch.zeros(per_pos.shape[:-1] + (size,), dtype=torch.float64)
     out.index_add_(-1, ch[ok], per_pos[..., ok].to(torch.float64))
