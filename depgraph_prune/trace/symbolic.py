@@ -334,13 +334,16 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] =
         gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
         macs = _propagate_shapes(gm, model, args, kwargs, real_model or model)
     reached = set()
-    named_modules = dict(model.named_modules())
+    under: dict[str, list[str]] = {}  # module name -> the parameters it holds (one walk, not one per node)
+    for n, _ in model.named_parameters(remove_duplicate=False):
+        parts = n.split(".")
+        for i in range(1, len(parts)):
+            under.setdefault(".".join(parts[:i]), []).append(n)
     for node in gm.graph.nodes:
         if node.op == "get_attr":
             reached.add(node.target)
         elif node.op == "call_module":
-            mod = named_modules[node.target]
-            reached.update(f"{node.target}.{n}" for n, _ in mod.named_parameters())
+            reached.update(under.get(node.target, ()))
     return Trace(gm, training, reached, opaque, tracer.decided, macs)
 
 
