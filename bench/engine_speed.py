@@ -9,8 +9,8 @@ For every model, two timings, each on a *fresh* model instance (construction not
   ``tp.DependencyGraph().build_dependency(model, example_inputs=x)``.
 * **prune**: the one-call path to a model with 50 % of the channels of every prunable group
   removed by L2 magnitude, classifier ignored. Ours: ``dp.prune(model, x, ratio=0.5,
-  importance="l2", ignored_layers=[classifier])`` (graph + scores + plan + surgery + its own
-  meta-tensor validation + its before/after MAC count); theirs:
+  importance="l2", ignored_layers=[classifier])``, the whole call (graph + scores + plan +
+  surgery + its checks + its before/after MAC count); theirs:
   ``tp.pruner.MagnitudePruner(model, x, tp.importance.MagnitudeImportance(p=2),
   pruning_ratio=0.5, ignored_layers=[classifier])`` then ``.step()`` (graph + groups + scores +
   surgery; it neither validates nor counts MACs).
@@ -21,7 +21,13 @@ first on odd ones); the table shows medians over ``--repeat`` runs and the ratio
 has its worker killed and is reported as "did not finish in T s" (later repeats of that
 cell are skipped). After the first prune of each (library, model) the pruned model is run
 (forward) and its output shape compared with the original; MACs kept are counted with
-``dp.count_ops`` (not timed). Goal (issue 8): ours ≥ 2× faster on every model.
+``dp.count_ops`` (not timed). Goals (issue 18): the one-call prune at least as fast as theirs on
+every model, and ≥ 2× faster on the median of the eight. The timed ``dp.prune`` call is the whole
+call: whatever it does (graph, scores, plan, surgery, its checks and numerical verification where
+the package has it, the before/after MAC counts) is inside the time.
+
+``--stages`` prints, instead, where ours' time goes: the per-stage breakdown of the same call
+(bench/_stages.py). ``--profile MODEL`` prints a cProfile of it.
 """
 from __future__ import annotations
 
@@ -130,39 +136,38 @@ def warmup():
 
 
 def profile(name, top=25):
-    """cProfile of one ``dp.prune`` (after a warm-up), plus a wall-clock breakdown by stage."""
+    """cProfile of one ``dp.prune`` (after a warm-up), sorted by cumulative and by own time."""
     import cProfile
     import pstats
     import warnings
-    import torch
-    import depgraph_prune as dp
-    from depgraph_prune import surgery
-    from depgraph_prune.importance import resolve
-    from depgraph_prune.plan import group_ratios, local_plan
     C.single_thread()
     warnings.filterwarnings("ignore")
     warmup()
-    # stage breakdown (same steps as dp.prune with ratio=0.5)
-    m, x, cls = C.make_model(name)
-    st = {}
-    t = time.perf_counter(); g = dp.build_graph(m, x, ignored_layers=[cls]); st["build_graph"] = time.perf_counter() - t
-    t = time.perf_counter(); dp.count_ops(m, x); st["count_ops (before)"] = time.perf_counter() - t
-    t = time.perf_counter(); plan = local_plan(g, resolve("l2"), group_ratios(g, 0.5, None)); st["scores + plan"] = time.perf_counter() - t
-    t = time.perf_counter(); rec = surgery.apply_plan(g, plan); st["apply_plan (surgery)"] = time.perf_counter() - t
-    t = time.perf_counter(); surgery.check_runs(m, x, g._output_structure); st["check_runs (meta validation)"] = time.perf_counter() - t
-    t = time.perf_counter(); dp.count_ops(m, x); st["count_ops (after)"] = time.perf_counter() - t
-    total = sum(st.values())
-    print(f"stage breakdown of dp.prune({name}, ratio=0.5, importance='l2'), 1 thread:")
-    print(C.table(["stage", "seconds", "share"], [[k, f"{v:.2f}", f"{v / total:.0%}"] for k, v in st.items()]))
-    del m, g, plan, rec
     m, x, cls = C.make_model(name)
     pr = cProfile.Profile()
     pr.enable()
-    dp.prune(m, x, ratio=0.5, importance="l2", ignored_layers=[cls])
+    _prune_ours(m, x, cls)
     pr.disable()
     s = pstats.Stats(pr, stream=sys.stdout)
     s.sort_stats("cumulative").print_stats(top)
     s.sort_stats("tottime").print_stats(top)
+
+
+def stages(models, repeat=3):
+    """Per-stage wall-clock breakdown of the timed ``dp.prune`` call (bench/_stages.py), one row
+    per model, medians of ``repeat`` calls (Torch-Pruning's totals: the comparison table)."""
+    import warnings
+    import _stages
+    C.single_thread()
+    warnings.filterwarnings("ignore")
+    warmup()
+    rows = []
+    for name in models:
+        b = _stages.breakdown(lambda: C.make_model(name), _prune_ours, repeat)
+        rows.append([name] + [f"{b[k]:.3f}" for k in _stages.STAGES] + [f"{b['total']:.3f}"])
+        print(f"  {name}: total {b['total']:.3f} s", flush=True)
+    print(f"\nseconds per stage of dp.prune(model, x, ratio=0.5, importance='l2'), median of {repeat}, 1 thread")
+    print(C.table(["model"] + _stages.STAGES + ["total"], rows))
 
 
 # ----------------------------------------------------------------------------- parent
@@ -176,6 +181,8 @@ def main():
     p.add_argument("--log", default=None, help="worker stderr goes here (default: discarded)")
     p.add_argument("--profile", default=None, metavar="MODEL",
                    help="instead of the comparison: cProfile ours' dp.prune on MODEL and print the top functions")
+    p.add_argument("--stages", action="store_true",
+                   help="instead of the comparison: per-stage breakdown of ours' dp.prune on --models")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -185,6 +192,10 @@ def main():
         profile(args.profile)
         return
     models = [m for m in args.models.split(",") if m]
+    if args.stages:
+        print(C.machine_line(), flush=True)
+        stages(models, args.repeat)
+        return
     print(C.machine_line(), flush=True)
     print(f"command: python bench/engine_speed.py {' '.join(sys.argv[1:])}", flush=True)
     worker = C.Worker(os.path.abspath(__file__), log_path=args.log)
@@ -245,17 +256,23 @@ def main():
                            f"MACs {info.get('macs_kept', 0):.0%}")
             else:
                 row.append(f"forward fails ({info.get('forward', '?')})")
-        ok = all(x is not None and x >= GOAL for x in ratios)
-        verdicts.append((name, ok, ratios))
+        prune_ratio = ratios[1]
+        ok = prune_ratio is not None and prune_ratio >= 1.0
+        verdicts.append((name, ok, prune_ratio))
         row.append("met" if ok else "MISSED")
         rows.append(row)
     headers = ["model", "build ours s", "build TP s", "build TP/ours", "prune ours s", "prune TP s",
-               "prune TP/ours", "ours pruned model", "TP pruned model", f"goal ≥{GOAL:.0f}×"]
+               "prune TP/ours", "ours pruned model", "TP pruned model", "prune ≥ 1×"]
     print()
     print(f"median of {args.repeat} runs, seconds; TP/ours = median of the per-repeat paired ratios (> 1: ours faster)")
     print(C.table(headers, rows))
     met = sum(v[1] for v in verdicts)
-    print(f"\ngoal (ours ≥ {GOAL:.0f}× faster, build and prune, every model): {met}/{len(verdicts)} models meet it")
+    known = [v[2] for v in verdicts if v[2] is not None]
+    med = C.median(known)
+    print(f"\ngoal 1 (one-call prune at least as fast as Torch-Pruning's step() on every model): "
+          f"{met}/{len(verdicts)} models meet it")
+    print(f"goal 2 (median of the prune ratios ≥ {GOAL:.0f}×): median {C.fmt_ratio(med)} over {len(known)} models "
+          f"(a Torch-Pruning timeout counts as timeout / ours, a lower bound): {'met' if med and med >= GOAL else 'MISSED'}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": C.machine_line(), "argv": sys.argv[1:], "raw": raw}, f, indent=1)

@@ -30,10 +30,35 @@ def _find_trim():
 _TRIM = _find_trim()
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                 "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _find_info():
+    if _TRIM is None:
+        return None
+    try:
+        fn = ctypes.CDLL(None).mallinfo2  # glibc >= 2.33
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [], _MallInfo2
+    return fn
+
+
+_INFO = _find_info()
+_WORTH = 32 << 20  # free heap bytes below which a trim is not worth its cost (~10-60 ms)
+
+
 def release_free_memory() -> None:
-    """Return the C heap's free pages to the OS (a no-op where that is not possible)."""
-    if _TRIM is not None:
-        _TRIM(0)
+    """Return the C heap's free pages to the OS (a no-op where that is not possible), when the
+    heap holds at least 32 MiB of free blocks: trimming walks the whole heap, which costs more
+    than a small model's prune step gains from it."""
+    if _TRIM is None:
+        return
+    if _INFO is not None and _INFO().fordblks < _WORTH:
+        return
+    _TRIM(0)
 
 
 def scratch(numel: int) -> torch.Tensor:

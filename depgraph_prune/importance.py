@@ -34,6 +34,8 @@ for a resolved criterion, as ``dp.prune(..., calibration=...)`` does).
 """
 from __future__ import annotations
 
+import contextlib
+import threading
 import zlib
 from typing import Any, Callable, Iterable
 
@@ -48,7 +50,7 @@ from .graph.groups import Group, GroupMember
 
 __all__ = [
     "Importance", "GradientImportance", "Magnitude", "BNScale", "Taylor", "Hessian", "FPGM", "LAMP",
-    "Random", "NAMED", "REDUCTIONS", "NORMALIZATIONS", "resolve", "prepare", "member_tensor",
+    "Random", "NAMED", "REDUCTIONS", "NORMALIZATIONS", "resolve", "prepare", "member_tensor", "shared_reads",
 ]
 
 REDUCTIONS = ("mean", "sum", "max", "first")
@@ -71,19 +73,27 @@ def _slices(t: torch.Tensor, dim: int) -> torch.Tensor:
     return t.detach().to("cpu", torch.float64).movedim(dim, 0).reshape(t.shape[dim], -1)
 
 
-_BLOCK = 1 << 20  # float64 elements converted at a time (8 MiB)
+_BLOCK = 1 << 17  # float64 elements converted at a time (1 MiB: the block stays in cache)
 
 
 def _row_sums(t: torch.Tensor, dim: int, fn: Callable[..., torch.Tensor]) -> torch.Tensor:
     """``fn`` of ``t`` summed over each position along ``dim``, in float64 on the CPU. Converted
     block by block into one reused buffer (``fn(buf, out=buf)``): a float64 copy of a whole large
     weight would double its memory, and a fresh block per step fragments the C heap, which then
-    stays resident."""
-    if dim != 0 and t.dtype in (torch.float32, torch.float64) and t.device.type == "cpu" and t.numel() <= 1 << 21:
-        # strided block copies along an inner dim are slow; one temporary of the tensor's own
-        # size (float32 keeps |w| and w^2 finite) and a float64-accumulating sum are faster
-        others = [d for d in range(t.dim()) if d != dim]
-        return fn(t.detach()).sum(others, dtype=torch.float64)
+    stays resident.
+
+    Dims 0 and 1 of a tensor with two or more dims come from one pass that yields both (a conv
+    weight's output channels are one group's, its input channels another's); within
+    :func:`shared_reads` the other dim's sums are kept for the group that asks next."""
+    if t.dim() >= 2 and dim in (0, 1):
+        cache = getattr(_session, "cache", None)
+        if cache is None:
+            return _dim01_sums(t, fn)[dim]
+        key = (id(t), fn)
+        hit = cache.get(key)
+        if hit is None or hit[0] is not t:
+            hit = cache[key] = (t, _dim01_sums(t, fn))  # holds t: its id cannot be reused meanwhile
+        return hit[1][dim]
     t = t.detach().movedim(dim, 0)
     n = t.shape[0]
     width = max(1, t[0].numel()) if n else 1
@@ -99,10 +109,76 @@ def _row_sums(t: torch.Tensor, dim: int, fn: Callable[..., torch.Tensor]) -> tor
     return out
 
 
+def _dim01_sums(t: torch.Tensor, fn) -> tuple[torch.Tensor, torch.Tensor]:
+    """``fn(t)`` summed per position of dim 0 and per position of dim 1, both in one pass over
+    ``t`` (blocks of dim-0 rows converted to float64 in the scratch buffer: ``|w|`` and ``w²`` of
+    a float32/bfloat16 weight are exact there, and the sums accumulate in float64 in an order
+    fixed by the shape alone, so equal channels score equal and ranks do not depend on the
+    machine's vector width)."""
+    t = t.detach()
+    d0, d1 = t.shape[0], t.shape[1]
+    rest = 1
+    for s in t.shape[2:]:
+        rest *= s
+    out0 = torch.zeros(d0, dtype=torch.float64)
+    out1 = torch.zeros(d1, dtype=torch.float64)
+    width = d1 * rest
+    if d0 == 0 or width == 0:
+        return out0, out1
+    step = max(1, _BLOCK // width)
+    buf = scratch(min(step, d0) * width)
+    for i in range(0, d0, step):
+        k = min(step, d0 - i)
+        block = buf[: k * width]
+        block.view((k,) + tuple(t.shape[1:])).copy_(t[i:i + k])  # strided copy, no temporary
+        fn(block, out=block)
+        per = block.view(k, d1, rest).sum(2) if rest > 1 else block.view(k, d1)
+        torch.sum(per, 1, out=out0[i:i + k])
+        out1 += per.sum(0)
+    return out0, out1
+
+
+_session = threading.local()
+
+
+@contextlib.contextmanager
+def shared_reads():
+    """Score many groups in one block (``local_plan`` and ``global_plan`` do): each weight is
+    read once for both of its channel dims, and the scratch buffer is kept until the end instead
+    of being handed back group by group. Weights must not change inside the block.
+
+    Example::
+
+        >>> import torch, depgraph_prune as dp
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3))
+        >>> graph = dp.build_graph(model, torch.randn(1, 3, 16, 16))
+        >>> score = dp.importance.resolve("l1")
+        >>> with shared_reads():  # model[2].weight is read once for both groups
+        ...     scores = [score(g) for g in graph.prunable_groups]
+        >>> [s.shape[0] for s in scores]
+        [8, 4]
+    """
+    if getattr(_session, "cache", None) is not None:  # nested: the outer block owns the cache
+        yield
+        return
+    _session.cache = {}
+    try:
+        yield
+    finally:
+        _session.cache = None
+        if drop_scratch() > _BLOCK:  # a row wider than a block needed a large buffer: hand it back
+            release_free_memory()
+
+
 def _to_channels(member: GroupMember, per_pos: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum per-position values (last dim = positions along the member's dim) into group channels.
     Returns ``(scores[..., size], present[size])``."""
-    ch = torch.as_tensor(np.asarray(member._channel_of), dtype=torch.long)
+    raw = np.asarray(member._channel_of)
+    if raw.size == size and per_pos.shape[-1] == size and (size == 0 or (raw[0] == 0 and (np.diff(raw) == 1).all())):
+        # position i is channel i (the common case): the sums are the scores as they are
+        return per_pos.to(torch.float64).clone(), torch.ones(size, dtype=torch.bool)
+    ch = torch.as_tensor(raw, dtype=torch.long)
     ok = ch >= 0
     out = torch.zeros(per_pos.shape[:-1] + (size,), dtype=torch.float64)
     out.index_add_(-1, ch[ok], per_pos[..., ok].to(torch.float64))
@@ -220,7 +296,9 @@ class Importance:
         try:
             parts = [self._member_scores(model, m, t, group.size) for m, t in self._contributions(group)]
         finally:
-            if drop_scratch() >= 1 << 17:  # large members were read: hand the heap's churn back
+            # large members were read: hand the heap's churn back (at the end of a shared_reads
+            # block, when in one)
+            if getattr(_session, "cache", None) is None and drop_scratch() > _BLOCK:
                 release_free_memory()
         return _reduce(parts, group.size, self.reduction)
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ._fast_meta import to_meta
+from ._fast_meta import MetaMemo, to_meta
 
 __all__ = ["OpCount", "count_ops", "speedup", "measure_latency"]
 
@@ -76,21 +76,24 @@ def count_ops(model: nn.Module, example_inputs) -> OpCount:
         # fast path off they run op by op. no_grad (rather than grad mode) keeps no activations.
         torch.backends.mha.set_fastpath_enabled(False)
         try:
-            # The counter only needs shapes: on meta copies of the weights and inputs there is
-            # no compute and no activation memory (and repeated ops are memoized). The memo
-            # (in detached) sits outside the counter, so the counter still sees every op.
-            # Run on a detached copy: what forward caches on ``self`` stays off the model.
+            # The count only needs shapes: on meta copies of the weights and inputs there is no
+            # compute and no activation memory, and repeated ops are memoized. The memo counts
+            # with FlopCounterMode's formulas itself (see _fast_meta.MetaMemo), every op,
+            # memoized or not. Run on a detached copy: what forward caches on ``self`` stays off
+            # the model.
             margs, mkwargs = to_meta((args, kwargs))
-            with torch.no_grad(), detached(model) as twin, FlopCounterMode(display=False) as counter:
+            with torch.no_grad(), detached(model) as twin, MetaMemo(count_flops=True) as memo:
                 twin(*margs, **mkwargs)
+            flops = memo.flops
         except Exception:  # data-dependent code (x.item(), nonzero) needs the real tensors
             with torch.no_grad(), detached(model, meta=False) as twin, FlopCounterMode(display=False) as counter:
                 twin(*args, **kwargs)
+            flops = counter.get_total_flops()
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
         for m, training in flags:
             m.training = training
-    macs = counter.get_total_flops() // 2  # the counter reports 2 FLOPs per multiply-add
+    macs = flops // 2  # FLOP formulas count 2 FLOPs per multiply-add
     # parameters() already de-duplicates shared Parameter objects; empty models give 0.
     params = sum(p.numel() for p in model.parameters())
     return OpCount(macs=int(macs), params=int(params))

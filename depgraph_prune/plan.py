@@ -11,6 +11,7 @@ import torch
 
 from .errors import PruningError
 from .graph import DependencyGraph, Group
+from .importance import shared_reads
 
 
 def check_ratio(ratio, name="ratio") -> float:
@@ -85,10 +86,11 @@ def select_channels(group: Group, scores, n_prune: int) -> list[int]:
     chosen[order[:n_prune]] = True
     for m in group.members:
         ch = m._channel_of
-        if (ch < 0).any():
+        if ch.size == 0 or (ch < 0).any():
             continue  # the member keeps fixed positions anyway
-        mine = np.unique(ch)
-        if chosen[mine].all():
+        covered = np.bincount(ch, minlength=group.size).astype(bool)  # (no sort, unlike unique)
+        if chosen[covered].all():
+            mine = np.flatnonzero(covered)
             chosen[mine[np.argmax(s[mine])]] = False
     return np.nonzero(chosen)[0].tolist()
 
@@ -96,13 +98,14 @@ def select_channels(group: Group, scores, n_prune: int) -> list[int]:
 def local_plan(graph: DependencyGraph, scorer: Callable, ratios_by_group: dict[int, float],
                round_to=None, min_channels=1) -> dict[Group, list[int]]:
     plan = {}
-    for g in graph.prunable_groups:
-        r = ratios_by_group.get(g.index, 0.0)
-        n = n_to_prune(g, r, round_to, min_channels)
-        if n:
-            chans = select_channels(g, scorer(g), n)
-            if chans:
-                plan[g] = chans
+    with shared_reads():  # each weight is read once for all the groups it belongs to
+        for g in graph.prunable_groups:
+            r = ratios_by_group.get(g.index, 0.0)
+            n = n_to_prune(g, r, round_to, min_channels)
+            if n:
+                chans = select_channels(g, scorer(g), n)
+                if chans:
+                    plan[g] = chans
     return plan
 
 
@@ -113,8 +116,10 @@ def global_plan(graph: DependencyGraph, scorer: Callable, ratio: float, max_rati
     check_ratio(max_ratio, "max_ratio")
     entries = []
     scores = {}
+    with shared_reads():
+        raw = {g.index: scorer(g) for g in graph.prunable_groups}
     for g in graph.prunable_groups:
-        s = np.asarray(torch.as_tensor(scorer(g)).detach().cpu().double())
+        s = np.asarray(torch.as_tensor(raw[g.index]).detach().cpu().double())
         scores[g.index] = s
         norm = s / (s.mean() + 1e-12)
         entries.append(np.stack([np.full(g.size, g.index), np.arange(g.size), norm], 1))

@@ -12,6 +12,7 @@ from ._fast_meta import to_meta as _to_meta
 from .errors import PruningError
 from .graph import DependencyGraph
 from . import progress as _progress
+from .graph.reuse import after_prune
 from .measure import OpCount, _human, count_ops
 from .plan import check_ratio, global_plan, group_ratios, local_plan, select_channels  # noqa: F401
 
@@ -180,6 +181,15 @@ def _macs_of_plan(model, graph, plan, meta_inputs, metric: str = "macs") -> int:
     return getattr(count_ops(clone, meta_inputs), metric)
 
 
+def _count_before(graph, model, example_inputs) -> OpCount:
+    """The unpruned model's cost: the MACs counted while the graph propagated shapes (the same
+    count as ``count_ops``, without a second run of the model), else ``count_ops``."""
+    macs = getattr(getattr(graph, "_ctx", None), "macs", None)
+    if macs is None:
+        return count_ops(model, example_inputs)
+    return OpCount(macs=int(macs), params=int(sum(p.numel() for p in model.parameters())))
+
+
 def _search_plan(model, example_inputs, graph, scorer, target_macs, kw, metric: str = "macs",
                  goal: str = "target_speedup") -> dict:
     """See :func:`_search_plan_in`; the plans it measures are the "plan" stage's steps."""
@@ -193,7 +203,8 @@ def _search_plan_in(model, example_inputs, graph, scorer, target_macs, kw, metri
     target, a second bisection that only moves the fine-grained groups. ``goal`` names the
     argument in the error raised when the target cannot be reached."""
     from .plan import n_to_prune
-    scores = {g.index: scorer(g) for g in graph.prunable_groups}
+    with _imp.shared_reads():
+        scores = {g.index: scorer(g) for g in graph.prunable_groups}
     meta_inputs = _to_meta(example_inputs)
     if kw["global_ranking"]:
         plan_at = lambda r, fixed=None: global_plan(graph, lambda g: scores[g.index], r, kw["max_ratio"],  # noqa: E731
@@ -368,7 +379,7 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
     graph = build_graph(model, example_inputs, ignored_layers=ignored_layers, leaf_modules=leaf_modules,
                             frozen=frozen, attention=attention)
     with _progress.stage("count"):
-        before = count_ops(model, example_inputs)
+        before = _count_before(graph, model, example_inputs)
     records, notes, widths, verification = [], list(graph.notes), [], []
     frozen_groups = [(g.members[0].name, n, r) for g in graph.groups for r, n in g.frozen_reasons.most_common()]
     rounds = range(1, steps + 1)
@@ -391,10 +402,15 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
         if final >= base_count and key != "target_speedup":
             raise PruningError(f"{key}={_count(int(final), metric)} is not below the model's "
                                f"{_count(base_count, metric)}: nothing would be pruned")
+    record = None
     for i in rounds:
         if i > 1:
-            graph = build_graph(model, example_inputs, ignored_layers=ignored_layers, leaf_modules=leaf_modules,
+            # the pruned model's graph, derived from this one (no new trace) where the model
+            # still matches it; else traced afresh
+            graph = after_prune(graph, record or {}) or \
+                build_graph(model, example_inputs, ignored_layers=ignored_layers, leaf_modules=leaf_modules,
                             frozen=frozen, attention=attention)
+            record = None
         if needs_grad:
             with _progress.stage("score"):  # the gradient pass over the calibration batches
                 scorer.accumulate(model, calibration, loss_fn=loss_fn)

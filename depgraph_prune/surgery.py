@@ -36,9 +36,10 @@ def removed_components(graph, plan: Mapping) -> np.ndarray:
             continue
         if ch.min() < 0 or ch.max() >= group.size:
             raise PruningError(f"group {group.index}: channel indices must lie in [0, {group.size}), got {ch.tolist()}")
-        if np.unique(ch).size != ch.size:
+        distinct = int(np.count_nonzero(np.bincount(ch, minlength=group.size)))
+        if distinct != ch.size:
             raise PruningError(f"group {group.index}: channel indices repeat: {ch.tolist()}")
-        if np.unique(ch).size == group.size and group.n_frozen == 0:
+        if distinct == group.size and group.n_frozen == 0:
             raise PruningError(f"group {group.index}: refusing to prune all {group.size} channels "
                                f"(members would become empty, e.g. {group.members[0].name})")
         removed[group._comps[ch]] = True
@@ -261,7 +262,9 @@ def _split(t: torch.Tensor, dims: dict[int, np.ndarray]):
     out = t
     for dim, idx in sorted(dims.items()):
         keep = torch.as_tensor(idx, dtype=torch.long, device=t.device)
-        drop = torch.as_tensor(np.setdiff1d(np.arange(out.shape[dim]), idx), dtype=torch.long, device=t.device)
+        dropped = np.ones(out.shape[dim], dtype=bool)
+        dropped[idx] = False  # idx: sorted, distinct positions (kept_positions)
+        drop = torch.as_tensor(np.flatnonzero(dropped), dtype=torch.long, device=t.device)
         parts.append((dim, keep, drop, out.index_select(dim, drop)))
         out = out.index_select(dim, keep)
     return (out.clone() if out is t else out), parts

@@ -511,11 +511,18 @@ def test_every_torch_call_of_a_multi_group_prune_can_fail_and_leaves_the_model_b
     plan = _net_plan(graph)
     snap = snapshot(model)
     escaped = []
+    done = False
     for k in range(1, n + 1):
-        with pytest.raises(Exception) as info:
+        try:
             with FailAt(k):
                 graph.prune(plan, verify=False)
-        exc = info.value
+        except Exception as e:
+            exc = e
+        else:
+            # fewer calls than the probe's (the meta twins of this model's tensors are reused
+            # after its first run): every call of this run has been made to fail already
+            done = True
+            break
         if _raised_after_validation(exc):
             escaped.append(k)  # a failure after validation escaped the rollback
             model = _net()
@@ -526,7 +533,9 @@ def test_every_torch_call_of_a_multi_group_prune_can_fail_and_leaves_the_model_b
         assert "injected failure" in str(exc), exc
         assert_unchanged(model, snap)
     assert escaped == [], escaped
-    graph.prune(plan)  # and the real thing still works
+    assert k > 100, k
+    if not done:
+        graph.prune(plan, verify=False)  # and the real thing still works
     assert model.c1.out_channels == 5
 
 

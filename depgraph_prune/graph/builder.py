@@ -257,6 +257,7 @@ def build_context(model: nn.Module, example_inputs: Any, leaf_names: Iterable[st
                           real_model=real)
     ctx.opaque = dict(tr.opaque)
     ctx.meta_ok = tr.meta_ok
+    ctx.macs = tr.macs
     with _progress.stage("build"):
         walk(ctx, tr.gm, tr.decided)
     reached = set(tr.reached_params)

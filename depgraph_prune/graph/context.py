@@ -68,6 +68,8 @@ class BuildContext:
     hooked: dict = field(default_factory=dict)
     #: (tensor, dim) whose removed slices the masked model must not zero (see ``_reparam_tv``)
     no_mask: set = field(default_factory=set)
+    #: MACs of the model on the example inputs, counted while shapes were propagated (or None)
+    macs: int | None = None
 
     def snapshot(self):
         a = self.atoms

@@ -221,8 +221,31 @@ class _Tracer(fx.Tracer):
     def create_node(self, kind, target, args, kwargs, name=None, type_expr=None):
         # Source lines are only read to tell which attribute an integer constant came from, and
         # capturing a traceback per node is a large part of tracing: record them where needed.
-        self.record_stack_traces = _has_int_constant((args, kwargs))
+        self.record_stack_traces = _has_int_constant((args, kwargs)) and not _takes_dims_only(kind, target)
         return super().create_node(kind, target, args, kwargs, name, type_expr)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        """fx's ``getattr`` finds a parameter's name by walking ``root.named_parameters()`` on
+        every access (quadratic in a model that reads parameters in ``forward``, as ConvNeXt's
+        layer scales); the same lookup from one table per trace."""
+        if not isinstance(attr_val, torch.Tensor) or self.param_shapes_constant:
+            return super().getattr(attr, attr_val, parameter_proxy_cache)
+        tables = getattr(self, "_name_tables", None)
+        if tables is None or tables[0] is not self.root:
+            params, buffers = {}, {}
+            for n, p in self.root.named_parameters():
+                params.setdefault(id(p), n)
+            for n, b in self.root.named_buffers():
+                buffers.setdefault(id(b), n)
+            tables = self._name_tables = (self.root, params, buffers)
+        name = tables[1].get(id(attr_val)) if isinstance(attr_val, nn.Parameter) else None
+        if name is None and self.proxy_buffer_attributes:
+            name = tables[2].get(id(attr_val))
+        if name is None:
+            return attr_val
+        if name not in parameter_proxy_cache:
+            parameter_proxy_cache[name] = self.create_proxy("get_attr", name, (), {})
+        return parameter_proxy_cache[name]
 
     def call_module(self, m, forward, args, kwargs):
         if self._evaluating:
@@ -249,6 +272,23 @@ class _Tracer(fx.Tracer):
         if qualname in self._leaf_names or rule_type(m, self._leaf_types) is not None:
             return True
         return super().is_leaf_module(m, qualname)
+
+
+# Ops whose integer arguments are dim indices or part counts, never widths: the rules never ask
+# which attribute those came from, so their nodes skip the (costly) stack-trace capture.
+_DIMS_ONLY = frozenset({
+    "permute", "transpose", "swapaxes", "swapdims", "flatten", "movedim", "moveaxis", "unsqueeze", "squeeze",
+    "mean", "sum", "amax", "amin", "softmax", "log_softmax", "cat", "concat", "concatenate", "stack", "size",
+    "dim", "chunk", "contiguous", "type_as", "cumsum", "argmax", "argmin", "norm", "var", "std"})
+
+
+def _takes_dims_only(kind: str, target) -> bool:
+    if kind == "call_method":
+        return target in _DIMS_ONLY
+    if kind == "call_function":
+        return getattr(target, "__name__", None) in _DIMS_ONLY and \
+            getattr(target, "__module__", "") in ("torch", "torch.nn.functional", "torch._C._VariableFunctions", None)
+    return False
 
 
 def _has_int_constant(obj) -> bool:
@@ -286,6 +326,9 @@ class Trace:
     opaque: dict[str, str] = field(default_factory=dict)  # module made a leaf → why it could not be traced
     decided: list[str] = field(default_factory=list)  # nodes whose value decided control flow
     meta_ok: bool = True  # shapes propagated on meta tensors (False: some kernel needed real ones)
+    #: MACs of one forward pass on the example inputs, counted during shape propagation (the
+    #: same count as ``measure.count_ops``); None when propagation needed the real tensors
+    macs: int | None = None
 
 
 def structural_copy(model: nn.Module) -> nn.Module:
@@ -408,16 +451,19 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] =
         restore(saved)
         _keep_constants(model, gm)
     with _modes(model, training):
-        meta_ok = _propagate_shapes(gm, model, binding, real_model or model)
+        meta_ok, macs = _propagate_shapes(gm, model, binding, real_model or model)
     reached = set()
-    named_modules = dict(model.named_modules())
+    under: dict[str, list[str]] = {}  # module name -> the parameters it holds (one walk, not one per node)
+    for n, _ in model.named_parameters(remove_duplicate=False):
+        parts = n.split(".")
+        for i in range(1, len(parts)):
+            under.setdefault(".".join(parts[:i]), []).append(n)
     for node in gm.graph.nodes:
         if node.op == "get_attr":
             reached.add(node.target)
         elif node.op == "call_module":
-            mod = named_modules[node.target]
-            reached.update(f"{node.target}.{n}" for n, _ in mod.named_parameters())
-    return Trace(gm, training, reached, opaque, tracer.decided, meta_ok)
+            reached.update(under.get(node.target, ()))
+    return Trace(gm, training, reached, opaque, tracer.decided, meta_ok, macs)
 
 
 def _keep_constants(model: nn.Module, gm: fx.GraphModule) -> None:
@@ -555,22 +601,29 @@ class _ShapeRecorder(fx.Interpreter):
         return result
 
 
-def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, binding: Binding, real: nn.Module) -> bool:
+def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, binding: Binding, real: nn.Module):
+    """Record every node's output metadata. Returns ``(on meta, MACs)``: the MACs of the run
+    when it was on meta tensors (counted on the way, as ``count_ops`` counts them: attention's
+    fused fast path off), else None."""
     flat_args = list(binding.leaves)
     state = {**dict(gm.named_parameters(remove_duplicate=False)),
              **dict(gm.named_buffers(remove_duplicate=False))}
     # BatchNorm in training mode refuses batch 1; the trace is already fixed, so shapes can be
     # propagated with every module in eval mode.
     saved = snapshot(gm)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     with _modes(gm, False), torch.no_grad():
         try:
             # meta tensors: shapes only, no memory, and the model's own tensors are never touched
-            with on_meta(gm):
+            torch.backends.mha.set_fastpath_enabled(False)
+            with on_meta(gm, count_flops=True) as memo:
                 _ShapeRecorder(gm).run(*to_meta(flat_args))
-            return True
+            return True, memo.flops // 2
         except Exception:
             restore(saved)  # meta tensors a leaf cached on self before it failed
             pass  # some ops have no meta kernel or compare devices: use real tensors
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
         try:
             # the real tensors, by name, from the user's model (the traced copy may hold meta ones)
             real_state = {k: v.detach() for k, v in real.named_parameters(remove_duplicate=False)}
@@ -578,7 +631,7 @@ def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, binding: Binding, re
             real_state = {k: v for k, v in real_state.items() if k in state}
             with stateless._reparametrize_module(gm, real_state):
                 _ShapeRecorder(gm).run(*flat_args)
-            return False
+            return False, None
         except Exception as exc:
             raise TraceError(
                 f"example_inputs: running {type(model).__name__} on them failed {str(exc).splitlines()[0]}. Check that "
