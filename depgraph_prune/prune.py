@@ -12,7 +12,8 @@ from ._fast_meta import to_meta as _to_meta
 from .errors import PruningError
 from .graph import DependencyGraph
 from .measure import OpCount, count_ops
-from .plan import check_ratio, global_plan, group_ratios, local_plan, select_channels  # noqa: F401
+from .plan import (check_ratio, global_plan, group_ratios, layer_widths, local_plan, part_ratios,  # noqa: F401
+                   select_channels)
 
 
 def build_graph(model: nn.Module, example_inputs: Any, *, ignored_layers: Iterable = (),
@@ -48,6 +49,16 @@ class PruneResult:
     records: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     frozen: list[tuple[str, int, str]] = field(default_factory=list)  # (first member, channels, reason)
+    layers: list[tuple[str, int, int]] = field(default_factory=list)  # (conv/linear module, before, after)
+
+    @property
+    def min_kept(self) -> tuple[float, str] | None:
+        """``(fraction, module)`` of the pruned layer that keeps the smallest fraction of its output
+        channels, or None when no layer was pruned."""
+        if not self.layers:
+            return None
+        name, w0, w1 = min(self.layers, key=lambda r: (r[2] / max(r[1], 1), r[0]))
+        return w1 / max(w0, 1), name
 
     @property
     def speedup(self) -> float:
@@ -76,13 +87,15 @@ class PruneResult:
 from .trace import structural_copy as _meta_copy  # noqa: E402
 
 
-def _plan(graph, scorer, ratio, ratios, global_ranking, max_ratio, round_to, min_channels):
+def _plan(graph, scorer, ratio, ratios, global_ranking, max_ratio, round_to, min_channels, per_layer=True):
     if global_ranking:
         if ratios is not None:
             raise PruningError("global_ranking=True takes one `ratio`, not `ratios`")
         return global_plan(graph, scorer, check_ratio(0.5 if ratio is None else ratio), max_ratio, round_to,
                            min_channels)
-    return local_plan(graph, scorer, group_ratios(graph, ratio, ratios), round_to, min_channels)
+    # per_layer=False ranks a concatenation's parts against each other: the floor applies there
+    return local_plan(graph, scorer, part_ratios(graph, ratio, ratios), round_to, min_channels,
+                      per_layer=per_layer, max_ratio=None if per_layer else max_ratio)
 
 
 def width_row(group, channels) -> tuple[str, int, int]:
@@ -117,7 +130,6 @@ def _search_plan(model, example_inputs, graph, scorer, target_macs, kw) -> dict:
     """A plan whose MACs land on ``target_macs``: bisection on the common ratio, then, where
     coarse groups (attention heads, channel blocks) jump over the target, a second bisection
     that only moves the fine-grained groups."""
-    from .plan import n_to_prune
     scores = {g.index: scorer(g) for g in graph.prunable_groups}
     meta_inputs = _to_meta(example_inputs)
     if kw["global_ranking"]:
@@ -125,15 +137,11 @@ def _search_plan(model, example_inputs, graph, scorer, target_macs, kw) -> dict:
                                                     kw["round_to"], kw["min_channels"])
     else:
         def plan_at(r, fixed=None):
-            base = group_ratios(graph, None if kw["ratios"] else r,
-                                None if kw["ratios"] is None else {k: min(v * r / 0.5, 0.99) for k, v in kw["ratios"].items()})
-            plan = {}
-            for g in graph.prunable_groups:
-                n = fixed[g.index] if fixed and g.index in fixed else n_to_prune(g, base.get(g.index, 0.0), kw["round_to"], kw["min_channels"])
-                chans = select_channels(g, scores[g.index], n) if n else []
-                if chans:
-                    plan[g] = chans
-            return plan
+            base = part_ratios(graph, None if kw["ratios"] else r,
+                               None if kw["ratios"] is None else {k: min(v * r / 0.5, 0.99) for k, v in kw["ratios"].items()})
+            # the search may push a ratio to 0.99: every layer keeps its max_ratio floor
+            return local_plan(graph, lambda g: scores[g.index], base, kw["round_to"], kw["min_channels"],
+                              per_layer=kw["per_layer"], max_ratio=kw["max_ratio"], fixed=fixed)
     macs = lambda plan: _macs_of_plan(model, graph, plan, meta_inputs)  # noqa: E731
 
     def bisect(lo, hi, fixed=None):
@@ -152,8 +160,10 @@ def _search_plan(model, example_inputs, graph, scorer, target_macs, kw) -> dict:
 
     top = plan_at(0.99)
     if macs(top) > target_macs * 1.02:
-        raise PruningError(f"target_speedup cannot be reached: pruning 99% of every group still leaves "
-                           f"{macs(top) / 1e9:.3f} GMACs (target {target_macs / 1e9:.3f})")
+        raise PruningError(f"target_speedup cannot be reached: pruning every layer down to its floor "
+                           f"(max_ratio={kw['max_ratio']}: each keeps ceil((1 - max_ratio) * width)) still leaves "
+                           f"{macs(top) / 1e9:.3f} GMACs (target {target_macs / 1e9:.3f}); raise max_ratio "
+                           f"to allow more")
     (err, r, plan), lo, hi = bisect(0.0, 0.99)
     if err > 0.002 and not kw["global_ranking"]:
         lo_plan, hi_plan = plan_at(lo), plan_at(hi)
@@ -174,6 +184,7 @@ def _search_plan(model, example_inputs, graph, scorer, target_macs, kw) -> dict:
 def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, importance="l1", *,
           ratios: Mapping[str, float] | None = None, global_ranking: bool = False, max_ratio: float = 0.9,
           target_speedup: float | None = None, round_to: int | None = None, min_channels: int = 1,
+          per_layer: bool = True,
           steps: int = 1, callback: Callable | None = None, progress: bool = False,
           ignored_layers: Iterable = (), leaf_modules: Iterable = (), frozen: Iterable = (),
           attention: str = "heads", calibration: Iterable | None = None,
@@ -185,10 +196,15 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
     * ``ratio`` (default 0.5): ``ceil(ratio * size)`` channels of every prunable group, lowest
       ``importance`` first, at least one kept. ``ratios={"layer1.*.conv[12]": 0.3}``: fnmatch
       patterns on module names (last match wins) give the ratio of the group of that module's
-      output channels; other groups get ``ratio`` (0 when not given).
-    * ``global_ranking=True``: one threshold over all groups (scores divided by their group's mean),
-      at most ``max_ratio`` of any group.
-    * ``target_speedup=2.0``: the ratio is searched so that MACs fall by that factor (within 2%).
+      output channels; other groups get ``ratio`` (0 when not given). A concatenation's group
+      is split by producer (``Group.parts``): with ``per_layer=True`` (default) every producer
+      loses its own ratio of its own width, ranked within its own channels; ``per_layer=False``
+      ranks the whole group on per-layer normalized scores (``dp.plan.fair_scores``), each
+      layer keeping its ``max_ratio`` floor.
+    * ``global_ranking=True``: one threshold over all layers (each layer's scores divided by their
+      mean), every layer keeping at least ``ceil((1 - max_ratio) * width)`` channels.
+    * ``target_speedup=2.0``: the ratio is searched so that MACs fall by that factor (within 2%);
+      every layer keeps its ``max_ratio`` floor there too.
     * ``round_to=8``: kept channel counts are multiples of 8; ``min_channels``: lower bound.
     * ``steps=k``: reach the target in k rounds, re-scoring in between; ``callback(model, round)``
       runs after each round (e.g. to fine-tune); ``progress=True`` shows a bar.
@@ -218,6 +234,9 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
         raise PruningError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(min_channels, bool) or not isinstance(min_channels, int) or min_channels < 1:
         raise PruningError(f"min_channels must be a positive integer, got {min_channels!r}")
+    check_ratio(max_ratio, "max_ratio")
+    if not isinstance(per_layer, bool):
+        raise PruningError(f"per_layer must be True or False, got {per_layer!r}")
     if not isinstance(steps, int) or steps < 1:
         raise PruningError(f"steps must be a positive integer, got {steps!r}")
     if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
@@ -235,14 +254,15 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
     graph = build_graph(model, example_inputs, ignored_layers=ignored_layers, leaf_modules=leaf_modules,
                             frozen=frozen, attention=attention)
     before = count_ops(model, example_inputs)
-    records, notes, widths = [], list(graph.notes), []
+    records, notes, widths, layers = [], list(graph.notes), [], {}
     frozen_groups = [(g.members[0].name, n, r) for g in graph.groups for r, n in g.frozen_reasons.most_common()]
     rounds = range(1, steps + 1)
     if progress and steps > 1:
         from tqdm import tqdm
         rounds = tqdm(rounds, desc="pruning rounds")
     kw = dict(ratios=ratios, global_ranking=global_ranking, max_ratio=max_ratio, round_to=round_to,
-              min_channels=min_channels, ignored=ignored_layers, leaves=leaf_modules, frozen=frozen)
+              min_channels=min_channels, ignored=ignored_layers, leaves=leaf_modules, frozen=frozen,
+              per_layer=per_layer)
     for i in rounds:
         if i > 1:
             graph = build_graph(model, example_inputs, ignored_layers=ignored_layers, leaf_modules=leaf_modules,
@@ -255,8 +275,11 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
         else:
             base = 0.5 if ratio is None and ratios is None else ratio
             r_ratio, r_ratios = _scale(base, ratios, 1 / steps) if steps > 1 else (base, ratios)
-            plan = _plan(graph, scorer, r_ratio, r_ratios, global_ranking, max_ratio, round_to, min_channels)
+            plan = _plan(graph, scorer, r_ratio, r_ratios, global_ranking, max_ratio, round_to, min_channels,
+                         per_layer)
         widths += [width_row(g, c) for g, c in plan.items()]
+        for name, w0, w1 in layer_widths(graph, plan):
+            layers[name] = (layers.get(name, (w0, w1))[0], w1)
         if plan:
             records.append(graph.prune(plan))
         if callback is not None:
@@ -267,4 +290,10 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
     elif not records:
         notes.append("no prunable group: every channel is frozen or the ratios select nothing "
                      "(see dp.build_graph(model, x).summary())")
-    return PruneResult(before, after, widths, records, notes, frozen_groups)
+    rows = [(n, w0, w1) for n, (w0, w1) in layers.items()]
+    thin = [r for r in rows if r[2] < r[1] / 4]
+    if thin:
+        name, w0, w1 = min(thin, key=lambda r: r[2] / r[1])
+        notes.append(f"warning: {len(thin)} layer(s) keep fewer than a quarter of their channels, the thinnest "
+                     f"`{name}` ({w0} -> {w1}); fine-tuning a bottleneck that narrow rarely recovers")
+    return PruneResult(before, after, widths, records, notes, frozen_groups, rows)
