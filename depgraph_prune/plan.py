@@ -73,9 +73,15 @@ def group_ratios(graph: DependencyGraph, ratio: float | None, ratios: Mapping[st
 
 def n_to_prune(group: Group, ratio: float, round_to: int | None = None, min_channels: int = 1) -> int:
     """``ceil(ratio * size)`` channels, keeping at least ``min_channels`` (and one), kept count
-    rounded *up* to a multiple of ``round_to`` (counted over all the group's channels)."""
+    rounded *up* to a multiple of ``round_to`` (counted over all the group's channels).
+
+    A group whose channels are blocks of several filters (``group.unit > 1``: heads, shuffled
+    blocks) rounds to the nearest count instead, ties keeping more: ``ceil`` is the published
+    rule for single filters, where it overshoots by less than one filter; on three blocks of
+    eight filters it would take two blocks at ratio 0.5 and leave a third of the layer."""
     total = group.size + group.n_frozen
-    n = min(math.ceil(ratio * group.size - 1e-9), group.size)
+    slack = 0.5 if group.unit > 1 else 0.0
+    n = max(0, min(math.ceil(ratio * group.size - slack - 1e-9), group.size))
     keep = total - n
     keep = max(keep, min_channels, 1)
     if round_to and round_to > 1:
@@ -105,7 +111,12 @@ def part_caps(group: Group, max_ratio: float | None = None, min_channels: int = 
 
 def apportion(n: int, sizes, caps=None) -> np.ndarray:
     """Split ``n`` removals over parts in proportion to their ``sizes`` (largest remainder; ties
-    to the earlier part), no part above its cap; fewer than ``n`` when the caps are reached."""
+    to the earlier part): each part gets the floor or the ceiling of its quota ``n * size / total``,
+    never more than its cap; fewer than ``n`` in all when caps bind.
+
+    >>> apportion(32, [32, 32]).tolist(), apportion(5, [4, 4, 8]).tolist()
+    ([16, 16], [1, 1, 3])
+    """
     sizes = np.asarray(sizes, dtype=np.int64)
     caps = sizes.copy() if caps is None else np.minimum(np.asarray(caps, dtype=np.int64), sizes)
     total = int(sizes.sum())
@@ -114,14 +125,11 @@ def apportion(n: int, sizes, caps=None) -> np.ndarray:
     quota = n * sizes / total
     out = np.minimum(np.floor(quota + 1e-9).astype(np.int64), caps)
     rest = n - int(out.sum())
-    while rest > 0:
-        room = out < caps
-        if not room.any():
-            break
-        frac = np.where(room, quota - out, -np.inf)
-        pick = np.argsort(-frac, kind="stable")[:min(rest, int(room.sum()))]
-        out[pick] += 1
-        rest -= pick.size
+    # one pass: every part gets floor or ceil of its quota, never more (a capped part's share is
+    # not pushed onto the others, which would make them lose more than their ratio)
+    frac = np.where((out < caps) & (quota - out > 1e-9), quota - out, -np.inf)
+    pick = np.argsort(-frac, kind="stable")[:max(rest, 0)]
+    out[pick[np.isfinite(frac[pick])]] += 1
     return out
 
 

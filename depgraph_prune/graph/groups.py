@@ -94,6 +94,20 @@ class Group:
         return self._parts
 
     @property
+    def unit(self) -> int:
+        """Positions per channel of the group's finest member: 1 for ordinary channels, more where
+        every channel of the group is a block of a layer's filters (attention heads, channels a
+        shuffle or a grouped conv ties together). Only for the planner's rounding."""
+        best = None
+        for m in self.members:
+            ch = np.asarray(m._channel_of)
+            ch = ch[ch >= 0]
+            if ch.size:
+                per = ch.size // max(np.unique(ch).size, 1)
+                best = per if best is None else min(best, per)
+        return max(best or 1, 1)
+
+    @property
     def modules(self) -> list[str]:
         seen = []
         for m in self.members:
