@@ -3,7 +3,8 @@
 This is the logic behind ``depgraph-prune zoo`` and ``python bench/zoo.py``::
 
     depgraph-prune zoo [--kind classification|segmentation|detection|video|all] [--family resnet]
-                       [--ratio 0.5] [--min-reduction 0.25] [--max-size 96] [--out zoo.md]
+                       [--models densenet121,googlenet] [--ratio 0.5] [--min-reduction 0.25]
+                       [--max-size 96] [--out zoo.md]
 
 Pass means: the pruned forward works, the output structure (shapes, dict keys) is unchanged,
 MACs fell by at least ``min_reduction`` (default 25%), no channel was frozen for lack of a
@@ -187,10 +188,17 @@ def main(argv=None, *, prog: str = "python bench/zoo.py", default_out: str = "do
     p.add_argument("--ratio", type=float, default=0.5)
     p.add_argument("--min-reduction", type=float, default=0.25)
     p.add_argument("--max-size", type=int, default=None, help="cap CNN input resolution (faster sweeps)")
+    p.add_argument("--models", default="", help="only these models (comma-separated exact names)")
     p.add_argument("--out", default=default_out)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     todo = models(args.kind, args.family)
+    if args.models:
+        wanted = [n for n in args.models.split(",") if n]
+        unknown = sorted(set(wanted) - {n for _, n in todo})
+        if unknown:
+            p.error(f"--models: not a torchvision model of --kind {args.kind}: {', '.join(unknown)}")
+        todo = [t for t in todo if t[1] in wanted]
     rows, passed = sweep(todo, args.ratio, args.min_reduction, args.max_size)
     text = markdown(rows, passed, len(todo), ratio=args.ratio, min_reduction=args.min_reduction,
                     command=command_line(prog, args.kind, args.ratio, args.family, args.max_size))
