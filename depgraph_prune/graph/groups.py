@@ -66,6 +66,7 @@ class Group:
         self.n_frozen = n_frozen
         self._comps = comps  # component id of each prunable channel
         self._parts = None
+        self._unit = None
 
     @property
     def prunable(self) -> bool:
@@ -98,14 +99,16 @@ class Group:
         """Positions per channel of the group's finest member: 1 for ordinary channels, more where
         every channel of the group is a block of a layer's filters (attention heads, channels a
         shuffle or a grouped conv ties together). Only for the planner's rounding."""
-        best = None
-        for m in self.members:
-            ch = np.asarray(m._channel_of)
-            ch = ch[ch >= 0]
-            if ch.size:
-                per = ch.size // max(np.unique(ch).size, 1)
-                best = per if best is None else min(best, per)
-        return max(best or 1, 1)
+        if self._unit is None:
+            best = None
+            for m in self.members:
+                ch = np.asarray(m._channel_of)
+                ch = ch[ch >= 0]
+                if ch.size:
+                    per = ch.size // max(np.unique(ch).size, 1)
+                    best = per if best is None else min(best, per)
+            self._unit = max(best or 1, 1)
+        return self._unit
 
     @property
     def modules(self) -> list[str]:
