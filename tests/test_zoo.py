@@ -35,7 +35,11 @@ def _check(name, size, train=False):
     with torch.no_grad():
         before = model.eval()(x).shape
     model.train(train)
+    widths = lambda: {n: getattr(m, "out_channels", getattr(m, "out_features", None))  # noqa: E731
+                      for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+    w0 = widths()
     result = dp.prune(model, x, ratio=0.5)
+    w1 = widths()
     assert model.training == train
     with torch.no_grad():
         assert model.eval()(x).shape == before
@@ -43,7 +47,11 @@ def _check(name, size, train=False):
     assert result.layers, "no layer was reported as pruned"
     frac, layer = result.min_kept
     assert frac >= 0.4, f"{name}: `{layer}` keeps {frac:.0%} of its channels at ratio 0.5"
-    assert frac == min(w1 / w0 for _, w0, w1 in result.layers)
+    assert frac == min(a / b for _, b, a in result.layers)
+    # the same, read off the modules themselves
+    thin = {n: (w0[n], w1[n]) for n in w0 if w1[n] < 0.4 * w0[n]}
+    assert not thin, f"{name}: layers below 40% of their width: {thin}"
+    assert frac == pytest.approx(min(w1[n] / w0[n] for n in w0 if w1[n] != w0[n]))
     assert result.after.params < result.before.params
     return model, x
 
