@@ -266,3 +266,18 @@ def test_unreachable_target_names_max_ratio():
 def test_per_layer_argument_is_checked():
     with pytest.raises(dp.PruningError, match="per_layer"):
         dp.prune(Cat(), X16, per_layer="yes")
+
+
+def test_cli_reports_layers_and_takes_group_wide(capsys):
+    import json
+
+    from depgraph_prune import cli
+    argv = ["prune", "--model", "googlenet", "--input-shape", "1,3,64,64", "--ratio", "0.5", "--json"]
+    assert cli.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["min_kept"]["fraction"] == 0.5
+    assert all(r["after"] >= 0.4 * r["before"] for r in report["layers"])
+    assert cli.main(argv + ["--group-wide"]) == 0
+    wide = json.loads(capsys.readouterr().out)
+    assert wide["min_kept"]["fraction"] >= 0.1 - 1e-9    # the max_ratio floor
+    assert any(r["after"] != r["before"] // 2 for r in wide["layers"])  # ranked across producers
