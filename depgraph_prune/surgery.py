@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._fast_meta import on_meta, to_meta
+from ._fast_meta import to_meta
 from ._memory import release_free_memory
 from .errors import PruningError, SurgeryError
 
@@ -66,6 +66,7 @@ def apply_plan(graph, plan: Mapping) -> dict:
     if not keeps:
         return {}
     kinds = {(m.name, m.dim): m.kind for m in graph._ctx.members.values()}
+    rescale = _rescales(graph, removed, keeps)
     # ---- build phase -------------------------------------------------------------------------
     by_tensor: dict[str, dict[int, np.ndarray]] = {}
     widths: dict[str, dict[str, int]] = {}
@@ -92,6 +93,10 @@ def apply_plan(graph, plan: Mapping) -> dict:
     for tid in new_tensors:
         for mod, attr, mod_name in holders.get(tid, []):
             touched_modules[id(mod)] = (mod, mod_name)
+            if ".parametrizations." in f".{mod_name}":  # the module whose weight it parametrizes
+                owner = mod_name.rpartition("parametrizations.")[0].rstrip(".")
+                omod = model.get_submodule(owner) if owner else model
+                touched_modules[id(omod)] = (omod, owner)
     for owner in widths:
         mod = model.get_submodule(owner) if owner else model
         touched_modules[id(mod)] = (mod, owner)
@@ -100,12 +105,16 @@ def apply_plan(graph, plan: Mapping) -> dict:
     # the record is built before anything is touched, so it cannot fail after the commit
     names = _module_names(model) if attr_updates else {}
     record = {"kept": {f"{n}:{d}": idx.tolist() for (n, d), idx in keeps.items()},
+              "rescaled": [[n, d, np.asarray(i).tolist(), f] for n, d, i, f in rescale],
               "attrs": {(f"{n}.{a}" if (n := names.get(id(m), "?")) else a): _jsonable(v)
                         for m, a, v in attr_updates}}
     # ---- commit phase ------------------------------------------------------------------------
     undo = []
     freed = 0
+    refresh = _refreshers(touched_modules.values())
     try:
+        for fn, mod in refresh:  # first in, last undone: after a rollback restored the tensors
+            undo.append(("refresh", fn, mod))
         with torch.no_grad():
             for tid, (t, _, dims) in new_tensors.items():
                 if isinstance(t, nn.Parameter):
@@ -126,10 +135,19 @@ def apply_plan(graph, plan: Mapping) -> dict:
                         old = mod._buffers[attr]
                         mod._buffers[attr] = new
                         undo.append(("buffer", mod, attr, old))
+        with torch.no_grad():
+            for name, dim, idx, factor in rescale:
+                t = getattr(*_resolve(model, name))
+                idx = torch.as_tensor(idx, dtype=torch.long, device=t.device)
+                orig = t.data.index_select(dim, idx)
+                undo.append(("rows", t, dim, idx, orig))
+                t.data.index_copy_(dim, idx, orig * factor)
         for mod, attr, value in attr_updates:
             old = getattr(mod, attr)
             setattr(mod, attr, value)
             undo.append(("attr", mod, attr, old))  # only once the set took effect
+        for fn, mod in refresh:
+            fn(mod)
     except Exception as exc:
         _rollback(undo)
         raise SurgeryError(f"surgery failed while committing ({exc}); the model was restored") from exc
@@ -140,6 +158,28 @@ def apply_plan(graph, plan: Mapping) -> dict:
         history.remove(record)
         _rollback(undo)
     return {**record, "undo": undo_all}
+
+
+def _rescales(graph, removed, keeps) -> list:
+    """``(tensor, dim, positions in the pruned tensor, factor)`` for the scale fix-ups whose
+    width shrinks (see ``BuildContext.keep_scale``)."""
+    labels = graph._labels
+    out = []
+    for fix in graph._ctx.scale_fixups:
+        w = fix["width"]
+        real = w[w >= 0]
+        n_old = w.size
+        n_new = n_old - int(removed[labels[real]].sum())
+        if n_new == n_old:
+            continue
+        factor = (n_new / n_old) ** fix["power"]
+        for name, dim, positions in fix["tensors"]:
+            kept = keeps.get((name, dim))
+            if kept is None:
+                out.append((name, dim, positions, factor))
+            else:
+                out.append((name, dim, np.nonzero(np.isin(kept, positions))[0], factor))
+    return out
 
 
 def _module_names(model) -> dict[int, str]:
@@ -171,8 +211,20 @@ def _rollback(undo):
         raise SurgeryError(f"rollback could not restore {len(errors)} item(s): {errors[0]}")
 
 
+def _refreshers(modules):
+    from .graph.registry import REFRESH_RULES
+    out = []
+    for mod, _ in modules:
+        fn = next((REFRESH_RULES[b] for b in type(mod).__mro__ if b in REFRESH_RULES), None)
+        if fn is not None:
+            out.append((fn, mod))
+    return out
+
+
 def _undo_one(entry):
-    if entry[0] == "param":  # the old data itself was kept (io.load)
+    if entry[0] == "refresh":
+        entry[1](entry[2])
+    elif entry[0] == "param":  # the old data itself was kept (io.load)
         _, t, data, grad = entry
         t.grad = None
         t.data = data
@@ -184,6 +236,10 @@ def _undo_one(entry):
             with torch.no_grad():
                 t.data = _merge(t.detach(), parts)
         t.grad = grad
+    elif entry[0] == "rows":
+        _, t, dim, idx, orig = entry
+        with torch.no_grad():
+            t.data.index_copy_(dim, idx, orig)
     elif entry[0] == "buffer":
         _, mod, attr, old = entry
         mod._buffers[attr] = old
@@ -232,7 +288,13 @@ def _new(mod, attr, new_tensors):
 
 def _width_attrs(mod: nn.Module, name: str, new_tensors, widths: dict[str, int]):
     """New values of the attributes that describe a module's widths."""
-    w = _new(mod, "weight", new_tensors)
+    from .graph.context import _get, _reparametrized
+    reparam = _reparametrized(mod, "weight") if isinstance(mod, nn.Module) else None
+    if reparam is not None and reparam[1] is not None:  # weight norm: the weight has v's shape
+        holder, _, attr = reparam[1].rpartition(".")
+        w = _new(_get(mod, holder) if holder else mod, attr, new_tensors)
+    else:
+        w = _new(mod, "weight", new_tensors)
     ups = []
     if isinstance(mod, nn.modules.conv._ConvNd):
         g = mod.groups
@@ -305,25 +367,26 @@ def output_structure(out):
     return None
 
 
-def check_runs(model: nn.Module, example_inputs, expected) -> str | None:
+def check_runs(model: nn.Module, example_inputs, expected, meta: bool = True) -> str | None:
     """Run ``model`` once (on meta copies of its tensors when possible, else for real, without
-    touching its buffers) and return what went wrong, or None."""
-    from torch.nn.utils import stateless
-
+    touching its buffers) and return what went wrong, or None. ``meta=False``: the unpruned
+    model already failed on meta tensors (a kernel stricter there, e.g. ``_grouped_mm`` refusing
+    float32), so a meta failure says nothing and the real run decides."""
     from .trace import _modes, normalize_inputs
+    from .trace.symbolic import detached
     args, kwargs = normalize_inputs(example_inputs)
     out = None
     try:
-        with _modes(model, False), torch.no_grad(), on_meta(model):
+        # on a detached copy: what forward caches on ``self`` must not reach the model
+        with detached(model) as twin, _modes(twin, False), torch.no_grad():
             margs, mkwargs = to_meta((args, kwargs))
-            out = model(*margs, **mkwargs)
+            out = twin(*margs, **mkwargs)
     except Exception as exc:
-        if not _meta_limitation(exc):
+        if meta and not _meta_limitation(exc):
             return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         try:  # data-dependent code (x.item(), if x.sum() > 0) cannot run on meta tensors
-            buffers = {k: v.detach().clone() for k, v in model.named_buffers(remove_duplicate=False)}
-            with _modes(model, False), torch.no_grad(), stateless._reparametrize_module(model, buffers):
-                out = model(*args, **kwargs)
+            with detached(model, meta=False) as twin, _modes(twin, False), torch.no_grad():
+                out = twin(*args, **kwargs)
         except Exception as exc2:
             return f"{type(exc2).__name__}: {str(exc2).splitlines()[0] if str(exc2) else ''}"
     try:

@@ -6,6 +6,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import networkx as nx
 from torch import nn
 
+from .._isolation import side_effects_undone
 from ..errors import PruningError, SurgeryError
 from .builder import ATTENTION_MODES, build_context
 from .groups import Group, make_groups
@@ -30,14 +31,17 @@ class DependencyGraph:
             raise PruningError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
         self.model = model
         self.example_inputs = example_inputs
-        ctx, notes = build_context(model, example_inputs, leaf_names=self._names(leaf_modules, "leaf_modules"),
-                                   attention=attention)
+        with side_effects_undone(model):  # the trace runs a copy, or the model itself where none can be made
+            ctx, notes = build_context(model, example_inputs, leaf_names=self._names(leaf_modules, "leaf_modules"),
+                                       attention=attention)
         self.notes = notes
         self._ignore(ctx, ignored_layers)
         self._freeze_modules(ctx, self._names(frozen, "frozen"))
         self._ctx = ctx
         self._output_structure = ctx.output_structure
-        self.groups: list[Group] = make_groups(ctx, self)
+        from .. import progress
+        with progress.stage("build"):  # the groups: connected components of the couplings
+            self.groups: list[Group] = make_groups(ctx, self)
         self._member_group = {(m.name, m.dim): g for g in self.groups for m in g.members}
 
     # -- construction helpers ---------------------------------------------------------------
@@ -119,31 +123,61 @@ class DependencyGraph:
         return [g for g in self.groups if g.prunable]
 
     # -- surgery ------------------------------------------------------------------------------
-    def prune(self, plan: Mapping[Group, Sequence[int]], *, validate: bool = True) -> dict:
+    def prune(self, plan: Mapping[Group, Sequence[int]], *, validate: bool = True, verify=True,
+              optimizer=None, verify_inputs=None) -> dict:
         """Remove the given channels of each group, all or nothing. Returns the kept indices
         per ``"name:dim"``. The graph is stale afterwards: build a new one to go on.
 
-        With ``validate`` (default) the pruned model is run once on the example inputs (on meta
-        tensors, so without real compute); if it fails or its output structure changed, the
-        surgery is undone and ``SurgeryError`` is raised: a broken model never comes out."""
+        ``verify`` (default True): the pruned model is compared with the original whose removed
+        slices are zeroed, on the example inputs (see :mod:`depgraph_prune.verify`). Groups whose
+        pruning changes the output are frozen (``group.reason`` says why, the record's
+        ``"verification"`` entry lists them) and the rest is pruned; ``verify="raise"`` raises
+        :class:`~depgraph_prune.verify.VerificationError` instead, the model restored;
+        ``verify=False`` skips the comparison. ``validate`` (with ``verify=False``): the pruned
+        model is still run once on meta tensors; if it fails or its output structure changed,
+        the surgery is undone and ``SurgeryError`` is raised: a broken model never comes out.
+        ``optimizer``: its per-parameter state is sliced to the kept channels once the surgery
+        stands (:func:`depgraph_prune.rebuild_optimizer`). ``verify_inputs``: what the check runs
+        on instead of the example inputs (a smaller image makes it cheaper for a CNN)."""
         from .._memory import release_free_memory
+        from ..optim import check_optimizer, rebuild_optimizer
         from ..surgery import apply_plan, check_runs
+        from .. import verify as _verify
         if getattr(self, "_stale", False):
             raise PruningError("this graph was already used to prune its model; build a new graph")
-        record = apply_plan(self, plan)
-        if validate and record:
-            try:
-                problem = check_runs(self.model, self.example_inputs, self._output_structure)
-            except Exception as exc:  # whatever goes wrong here, the model goes back as it was
-                problem = f"{type(exc).__name__}: {exc}"
-            if problem:
-                record["undo"]()
-                raise SurgeryError(f"the pruned model failed its check ({problem}); the surgery was undone. "
-                                   f"Please report this model: a coupling rule is missing a case.")
+        if verify not in (True, False, "raise"):
+            raise PruningError(f"verify must be True, False or 'raise', got {verify!r}")
+        check_optimizer(optimizer, self.model)
+        if verify:
+            record, report = _verify.apply(self, plan, mode=verify, keep_partial=True, inputs=verify_inputs)
+            self.last_verification = report
+            self.freeze_groups(report.guilty)
+        else:
+            self.last_verification = None
+            record = apply_plan(self, plan)
+            if validate and record:
+                try:
+                    problem = check_runs(self.model, self.example_inputs, self._output_structure,
+                                         meta=getattr(self._ctx, "meta_ok", True))
+                except Exception as exc:  # whatever goes wrong here, the model goes back as it was
+                    problem = f"{type(exc).__name__}: {exc}"
+                if problem:
+                    record["undo"]()
+                    raise SurgeryError(f"the pruned model failed its check ({problem}); the surgery was undone. "
+                                       f"Please report this model: a coupling rule is missing a case.")
         record.pop("undo", None)  # with it go the removed channels the undo kept
+        if optimizer is not None and record:
+            rebuild_optimizer(optimizer, self.model)
         release_free_memory()
-        self._stale = True
+        if record:
+            self._stale = True
         return record
+
+    def freeze_groups(self, reasons: Mapping[int, str]) -> None:
+        """Mark groups (by index) as not prunable, with a reason (e.g. the numerical check's)."""
+        by_index = {g.index: g for g in self.groups}
+        for gi, reason in reasons.items():
+            by_index[gi].verify_reason = reason
 
 
 def _out_key(name: str, mod: nn.Module) -> tuple[str, int]:
@@ -152,6 +186,8 @@ def _out_key(name: str, mod: nn.Module) -> tuple[str, int]:
         return (f"{prefix}weight", 1)
     if isinstance(mod, nn.Embedding):
         return (f"{prefix}weight", 1)
+    if isinstance(mod, nn.RNNBase):  # what it outputs: the hidden units (or their projection)
+        return (f"{prefix}{'proj_size' if getattr(mod, 'proj_size', 0) else 'hidden_size'}", 0)
     if getattr(mod, "weight", None) is None:
         for attr in ("num_features", "num_channels"):
             if hasattr(mod, attr):
