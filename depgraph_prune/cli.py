@@ -606,6 +606,7 @@ def cmd_prune(args) -> int:
     result = _traced(lambda: dp.prune(model, x, ratio=args.ratio, importance=key, ratios=ratios,
                       global_ranking=args.global_ranking, max_ratio=args.max_ratio, **targets,
                       round_to=args.round_to, min_channels=args.min_channels,
+                      per_layer=not args.group_wide,
                       steps=args.steps, progress=_progress_on(args), ignored_layers=ignored,
                       leaf_modules=leaves, attention=args.attention, calibration=calibration, verify=args.verify,
                       **({"frozen": frozen} if frozen else {})))
@@ -632,6 +633,9 @@ def cmd_prune(args) -> int:
                "speedup": result.speedup, "params_ratio": result.after.params / max(result.before.params, 1),
                "groups_pruned": len(result.widths),
                "widths": [{"name": n, "before": a, "after": b} for n, a, b in result.widths],
+               "layers": [{"name": n, "before": a, "after": b} for n, a, b in result.layers],
+               "min_kept": None if result.min_kept is None else
+               {"fraction": result.min_kept[0], "layer": result.min_kept[1]},
                "frozen": [{"name": n, "channels": c, "reason": r} for n, c, r in result.frozen],
                "notes": list(result.notes),
                "verification": [{"dtype": v.dtype, "tolerance": v.tolerance, "max_diff": v.max_diff,
@@ -840,8 +844,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "(gradient criteria) with --calibration")
     pr.add_argument("--calibration", metavar="N|FILE", help=CALIBRATION_HELP)
     pr.add_argument("--global-ranking", action="store_true", help="one threshold over all groups")
-    pr.add_argument("--max-ratio", type=parse_ratio, default=0.9, help="with --global-ranking: most of any group "
-                                                                       "that may go (default 0.9)")
+    pr.add_argument("--max-ratio", type=parse_ratio, default=0.9,
+                    help="with --global-ranking, --target-speedup or --group-wide: most of any layer that may go "
+                         "(default 0.9: every layer keeps a tenth)")
+    pr.add_argument("--group-wide", action="store_true",
+                    help="rank a concatenation's producers together (on per-layer normalized scores) instead of "
+                         "cutting each by the ratio")
     pr.add_argument("--round-to", type=_positive_int, help="kept channel counts are multiples of this")
     pr.add_argument("--min-channels", type=_positive_int, default=1, help="keep at least this many channels per group")
     pr.add_argument("--steps", type=_positive_int, default=1, help="reach the target in this many rounds")

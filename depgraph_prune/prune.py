@@ -14,7 +14,8 @@ from .graph import DependencyGraph
 from . import progress as _progress
 from .graph.reuse import after_prune
 from .measure import OpCount, _human, count_ops
-from .plan import check_ratio, global_plan, group_ratios, local_plan, select_channels  # noqa: F401
+from .plan import (check_ratio, global_plan, group_ratios, layer_widths, local_plan, part_ratios,  # noqa: F401
+                   select_channels)
 
 
 def build_graph(model: nn.Module, example_inputs: Any, *, ignored_layers: Iterable = (),
@@ -54,6 +55,16 @@ class PruneResult:
     settings: dict = field(default_factory=dict)
     #: what the numerical check did, one report per surgery (see :mod:`depgraph_prune.verify`)
     verification: list = field(default_factory=list)
+    layers: list[tuple[str, int, int]] = field(default_factory=list)  # (conv/linear module, before, after)
+
+    @property
+    def min_kept(self) -> tuple[float, str] | None:
+        """``(fraction, module)`` of the pruned layer that keeps the smallest fraction of its output
+        channels, or None when no layer was pruned."""
+        if not self.layers:
+            return None
+        name, w0, w1 = min(self.layers, key=lambda r: (r[2] / max(r[1], 1), r[0]))
+        return w1 / max(w0, 1), name
 
     @property
     def speedup(self) -> float:
@@ -143,13 +154,15 @@ def describe_settings(settings: Mapping) -> str:
 from .trace import structural_copy as _meta_copy  # noqa: E402
 
 
-def _plan(graph, scorer, ratio, ratios, global_ranking, max_ratio, round_to, min_channels):
+def _plan(graph, scorer, ratio, ratios, global_ranking, max_ratio, round_to, min_channels, per_layer=True):
     if global_ranking:
         if ratios is not None:
             raise PruningError("global_ranking=True takes one `ratio`, not `ratios`")
         return global_plan(graph, scorer, check_ratio(0.5 if ratio is None else ratio), max_ratio, round_to,
                            min_channels)
-    return local_plan(graph, scorer, group_ratios(graph, ratio, ratios), round_to, min_channels)
+    # per_layer=False ranks a concatenation's parts against each other: the floor applies there
+    return local_plan(graph, scorer, part_ratios(graph, ratio, ratios), round_to, min_channels,
+                      per_layer=per_layer, max_ratio=None if per_layer else max_ratio)
 
 
 def width_row(group, channels) -> tuple[str, int, int]:
@@ -202,7 +215,6 @@ def _search_plan_in(model, example_inputs, graph, scorer, target_macs, kw, metri
     on the common ratio, then, where coarse groups (attention heads, channel blocks) jump over the
     target, a second bisection that only moves the fine-grained groups. ``goal`` names the
     argument in the error raised when the target cannot be reached."""
-    from .plan import n_to_prune
     with _imp.shared_reads():
         scores = {g.index: scorer(g) for g in graph.prunable_groups}
     meta_inputs = _to_meta(example_inputs)
@@ -211,15 +223,11 @@ def _search_plan_in(model, example_inputs, graph, scorer, target_macs, kw, metri
                                                     kw["round_to"], kw["min_channels"])
     else:
         def plan_at(r, fixed=None):
-            base = group_ratios(graph, None if kw["ratios"] else r,
-                                None if kw["ratios"] is None else {k: min(v * r / 0.5, 0.99) for k, v in kw["ratios"].items()})
-            plan = {}
-            for g in graph.prunable_groups:
-                n = fixed[g.index] if fixed and g.index in fixed else n_to_prune(g, base.get(g.index, 0.0), kw["round_to"], kw["min_channels"])
-                chans = select_channels(g, scores[g.index], n) if n else []
-                if chans:
-                    plan[g] = chans
-            return plan
+            base = part_ratios(graph, None if kw["ratios"] else r,
+                               None if kw["ratios"] is None else {k: min(v * r / 0.5, 0.99) for k, v in kw["ratios"].items()})
+            # the search may push a ratio to 0.99: every layer keeps its max_ratio floor
+            return local_plan(graph, lambda g: scores[g.index], base, kw["round_to"], kw["min_channels"],
+                              per_layer=kw["per_layer"], max_ratio=kw["max_ratio"], fixed=fixed)
     def macs(plan):
         bar.update()
         return _macs_of_plan(model, graph, plan, meta_inputs, metric)
@@ -245,8 +253,10 @@ def _search(plan_at, macs, graph, target_macs, kw, metric, goal, bisect) -> dict
     top = plan_at(0.99)
     least = macs(top)
     if least > target_macs * 1.02:
-        raise PruningError(f"{goal} cannot be reached: pruning 99% of every group still leaves "
-                           f"{_count(least, metric)} (target {_count(int(target_macs), metric)})")
+        raise PruningError(f"{goal} cannot be reached: pruning every layer down to its floor "
+                           f"(max_ratio={kw['max_ratio']}: each keeps ceil((1 - max_ratio) * width)) still leaves "
+                           f"{_count(least, metric)} (target {_count(int(target_macs), metric)}); raise max_ratio "
+                           f"to allow more")
     (err, r, plan), lo, hi = bisect(0.0, 0.99)
     if err > 0.002 and not kw["global_ranking"]:
         lo_plan, hi_plan = plan_at(lo), plan_at(hi)
@@ -270,8 +280,9 @@ def _scores(graph, scorer, ratio, ratios, global_ranking, searched, round_to, mi
     from .plan import n_to_prune
     groups = graph.prunable_groups
     if not (global_ranking or searched):
-        per = group_ratios(graph, ratio, ratios)
-        groups = [g for g in groups if n_to_prune(g, per.get(g.index, 0.0), round_to, min_channels)]
+        per = part_ratios(graph, ratio, ratios)  # a list: one ratio per part of a concatenation
+        top = {k: max(v) if isinstance(v, list) else v for k, v in per.items()}
+        groups = [g for g in groups if n_to_prune(g, top.get(g.index, 0.0), round_to, min_channels)]
     out = {}
     with _progress.stage("score", total=len(groups)) as bar:
         for g in groups:
@@ -284,7 +295,7 @@ def _scores(graph, scorer, ratio, ratios, global_ranking, searched, round_to, mi
 def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, importance="l1", *,
           ratios: Mapping[str, float] | None = None, global_ranking: bool = False, max_ratio: float = 0.9,
           target_speedup: float | None = None, target_macs: int | None = None, target_params: int | None = None,
-          round_to: int | None = None, min_channels: int = 1,
+          round_to: int | None = None, min_channels: int = 1, per_layer: bool = True,
           steps: int = 1, callback: Callable | None = None, progress: bool = False,
           ignored_layers: Iterable = (), leaf_modules: Iterable = (), frozen: Iterable = (),
           attention: str = "heads", calibration: Iterable | None = None,
@@ -296,9 +307,14 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
     * ``ratio`` (default 0.5): ``ceil(ratio * size)`` channels of every prunable group, lowest
       ``importance`` first, at least one kept. ``ratios={"layer1.*.conv[12]": 0.3}``: fnmatch
       patterns on module names (last match wins) give the ratio of the group of that module's
-      output channels; other groups get ``ratio`` (0 when not given).
-    * ``global_ranking=True``: one threshold over all groups (scores divided by their group's mean),
-      at most ``max_ratio`` of any group.
+      output channels; other groups get ``ratio`` (0 when not given). A concatenation's group
+      is split by producer (``Group.parts``): with ``per_layer=True`` (default) every producer
+      loses its own ratio of its own width, ranked within its own channels; ``per_layer=False``
+      ranks the whole group on per-layer normalized scores (``dp.plan.fair_scores``), each
+      layer keeping its ``max_ratio`` floor.
+    * ``global_ranking=True``: one threshold over all layers (each layer's scores divided by their
+      mean), every layer keeping at least ``ceil((1 - max_ratio) * width)`` channels (the same
+      floor holds in the target searches below).
     * ``target_speedup=2.0``: the ratio is searched so that MACs fall by that factor (within 2%);
       ``target_macs=1e9`` / ``target_params=5e6``: searched so that the pruned model has that many
       MACs / parameters (one target at most, instead of ``ratio``).
@@ -353,6 +369,9 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
         raise PruningError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(min_channels, bool) or not isinstance(min_channels, int) or min_channels < 1:
         raise PruningError(f"min_channels must be a positive integer, got {min_channels!r}")
+    check_ratio(max_ratio, "max_ratio")
+    if not isinstance(per_layer, bool):
+        raise PruningError(f"per_layer must be True or False, got {per_layer!r}")
     if not isinstance(steps, int) or steps < 1:
         raise PruningError(f"steps must be a positive integer, got {steps!r}")
     if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
@@ -380,14 +399,15 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
                             frozen=frozen, attention=attention)
     with _progress.stage("count"):
         before = _count_before(graph, model, example_inputs)
-    records, notes, widths, verification = [], list(graph.notes), [], []
+    records, notes, widths, verification, layers = [], list(graph.notes), [], [], {}
     frozen_groups = [(g.members[0].name, n, r) for g in graph.groups for r, n in g.frozen_reasons.most_common()]
     rounds = range(1, steps + 1)
     if progress and steps > 1:
         from tqdm import tqdm
         rounds = tqdm(rounds, desc="pruning rounds")
     kw = dict(ratios=ratios, global_ranking=global_ranking, max_ratio=max_ratio, round_to=round_to,
-              min_channels=min_channels, ignored=ignored_layers, leaves=leaf_modules, frozen=frozen)
+              min_channels=min_channels, ignored=ignored_layers, leaves=leaf_modules, frozen=frozen,
+              per_layer=per_layer)
     metric = "params" if "target_params" in targets else "macs"
     base_count = getattr(before, metric)
     if "target_speedup" in targets:
@@ -426,10 +446,12 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
             scores = _scores(graph, scorer, r_ratio, r_ratios, global_ranking, False, round_to, min_channels)
             with _progress.stage("plan"):
                 return _plan(graph, lambda g: scores[g.index], r_ratio, r_ratios, global_ranking, max_ratio,
-                             round_to, min_channels)
+                             round_to, min_channels, per_layer)
         record, plan, reports = _apply_verified(graph, make_plan(), make_plan, verify, optimizer, verify_inputs)
         verification += reports
         widths += [width_row(g, c) for g, c in plan.items()]
+        for name, w0, w1 in layer_widths(graph, plan):
+            layers[name] = (layers.get(name, (w0, w1))[0], w1)
         if record:
             records.append(record)
         if callback is not None:
@@ -451,7 +473,13 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
     for rep in verification:
         notes += rep.notes()
         frozen_groups += [(f"group {gi}", 0, r) for gi, r in rep.guilty.items()]
-    return PruneResult(before, after, widths, records, notes, frozen_groups, settings, verification)
+    rows = [(n, w0, w1) for n, (w0, w1) in layers.items()]
+    thin = [r for r in rows if r[2] < r[1] / 4]
+    if thin:
+        name, w0, w1 = min(thin, key=lambda r: r[2] / r[1])
+        notes.append(f"warning: {len(thin)} layer(s) keep fewer than a quarter of their channels, the thinnest "
+                     f"`{name}` ({w0} -> {w1}); fine-tuning a bottleneck that narrow rarely recovers")
+    return PruneResult(before, after, widths, records, notes, frozen_groups, settings, verification, rows)
 
 
 def _apply_verified(graph, plan, replan, verify, optimizer=None, inputs=None):

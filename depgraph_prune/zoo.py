@@ -3,11 +3,14 @@
 This is the logic behind ``depgraph-prune zoo`` and ``python bench/zoo.py``::
 
     depgraph-prune zoo [--kind classification|segmentation|detection|video|all] [--family resnet]
-                       [--ratio 0.5] [--min-reduction 0.25] [--max-size 96] [--out zoo.md]
+                       [--models densenet121,googlenet] [--ratio 0.5] [--min-reduction 0.25]
+                       [--max-size 96] [--out zoo.md]
 
 Pass means: the pruned forward works, the output structure (shapes, dict keys) is unchanged,
-MACs fell by at least ``min_reduction`` (default 25%), and no channel was frozen for lack of a
-coupling rule. Detection models are not traceable as a whole: their ``.backbone`` is pruned in
+MACs fell by at least ``min_reduction`` (default 25%), no channel was frozen for lack of a
+coupling rule, and no conv / linear layer kept less than ``0.8 * (1 - ratio)`` of its output
+channels (40% at ratio 0.5: every layer is meant to keep ``1 - ratio``; the table shows the
+smallest kept fraction and its layer). Detection models are not traceable as a whole: their ``.backbone`` is pruned in
 place and the whole detector then runs end to end on a dummy image.
 
 Python use::
@@ -32,7 +35,7 @@ from torchvision.models import detection, segmentation, video
 import depgraph_prune as dp
 
 __all__ = ["KINDS", "structure", "classification_size", "build", "run", "models", "sweep", "markdown",
-           "command_line", "main"]
+           "kept_cell", "min_kept_fraction", "command_line", "main"]
 
 KINDS = {"classification": torchvision.models, "segmentation": segmentation, "detection": detection,
          "video": video}
@@ -93,6 +96,7 @@ def run(kind: str, name: str, ratio: float, min_reduction: float, max_size: int 
     result = dp.prune(target, x, ratio=ratio)
     seconds = time.perf_counter() - t
     missing = sum(n for _, n, r in result.frozen if "no coupling rule" in r)
+    thin = result.min_kept
     with torch.no_grad():
         out = structure(forward())
     reduction = 1 - result.after.macs / result.before.macs
@@ -103,7 +107,20 @@ def run(kind: str, name: str, ratio: float, min_reduction: float, max_size: int 
         problems.append(f"MACs down only {reduction:.1%}")
     if missing:
         problems.append(f"{missing} channels frozen for lack of a rule")
+    if thin is not None and thin[0] < min_kept_fraction(ratio):
+        problems.append(f"`{thin[1]}` keeps only {thin[0]:.0%} of its channels")
     return not problems, "; ".join(problems), size, result, seconds
+
+
+def min_kept_fraction(ratio: float) -> float:
+    """The smallest kept fraction of any layer that still passes: ``0.8 * (1 - ratio)``."""
+    return 0.8 * (1 - ratio)
+
+
+def kept_cell(result) -> str:
+    """The table's "smallest kept" cell: fraction and layer, e.g. ``0.50 `features.conv0```."""
+    thin = result.min_kept
+    return "1.00" if thin is None else f"{thin[0]:.2f} `{thin[1]}`"
 
 
 def models(kind: str = "all", family: str = "") -> list[tuple[str, str]]:
@@ -132,10 +149,10 @@ def sweep(todo, ratio: float = 0.5, min_reduction: float = 0.25, max_size: int |
             ok, why, size, r, sec = run(kind, name, ratio, min_reduction, max_size)
             rows.append(f"| {kind} | {name} | {'pass' if ok else 'FAIL: ' + why} | {size} | {r.before.macs / 1e9:.3f} | "
                         f"{r.after.macs / 1e9:.3f} | {r.speedup:.2f}x | {r.before.params / 1e6:.2f} | "
-                        f"{r.after.params / 1e6:.2f} | {sec:.1f} |")
+                        f"{r.after.params / 1e6:.2f} | {kept_cell(r)} | {sec:.1f} |")
             passed += ok
         except Exception as exc:  # a crash is a result too
-            rows.append(f"| {kind} | {name} | FAIL: {type(exc).__name__}: {str(exc)[:90]} | | | | | | | |")
+            rows.append(f"| {kind} | {name} | FAIL: {type(exc).__name__}: {str(exc)[:90]} | | | | | | | | |")
         tqdm.write(rows[-1], file=log)
     return rows, passed
 
@@ -153,11 +170,13 @@ def markdown(rows: list[str], passed: int, total: int, *, ratio: float, min_redu
               f"{datetime.date.today()} · torch {torch.__version__} · torchvision {torchvision.__version__} · "
               f"{platform.processor() or platform.machine()}, 1 thread · command: `{command}`",
               "", f"**{passed} / {total} pass.** Pass: forward works, output structure unchanged, MACs down "
-              f"≥ {min_reduction:.0%}, no channel frozen for lack of a rule. Random weights, L1 ranking. "
+              f"≥ {min_reduction:.0%}, no channel frozen for lack of a rule, every conv / linear layer keeps "
+              f"≥ {min_kept_fraction(ratio):.0%} of its output channels. Random weights, L1 ranking. "
               "Detection: the backbone is pruned in place, then the whole detector runs on a 320×320 image; "
-              "its MACs are the backbone's. Seconds: graph build + pruning + the two MAC counts.", "",
+              "its MACs are the backbone's. Smallest kept: the smallest fraction of its output channels that any "
+              "pruned conv / linear layer keeps, and that layer. Seconds: graph build + pruning + the two MAC counts.", "",
               "| kind | model | result | input | GMACs before | GMACs after | speedup | M params before | "
-              "M params after | seconds |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "M params after | smallest kept | seconds |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     return "\n".join(header + rows) + "\n"
 
 
@@ -169,10 +188,17 @@ def main(argv=None, *, prog: str = "python bench/zoo.py", default_out: str = "do
     p.add_argument("--ratio", type=float, default=0.5)
     p.add_argument("--min-reduction", type=float, default=0.25)
     p.add_argument("--max-size", type=int, default=None, help="cap CNN input resolution (faster sweeps)")
+    p.add_argument("--models", default="", help="only these models (comma-separated exact names)")
     p.add_argument("--out", default=default_out)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     todo = models(args.kind, args.family)
+    if args.models:
+        wanted = [n for n in args.models.split(",") if n]
+        unknown = sorted(set(wanted) - {n for _, n in todo})
+        if unknown:
+            p.error(f"--models: not a torchvision model of --kind {args.kind}: {', '.join(unknown)}")
+        todo = [t for t in todo if t[1] in wanted]
     rows, passed = sweep(todo, args.ratio, args.min_reduction, args.max_size)
     text = markdown(rows, passed, len(todo), ratio=args.ratio, min_reduction=args.min_reduction,
                     command=command_line(prog, args.kind, args.ratio, args.family, args.max_size))

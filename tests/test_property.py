@@ -6,6 +6,8 @@ shared conv, flatten→linear / mean→linear heads, sometimes LayerNorm/GroupNo
 
 - ``test_pruned_model_runs_and_keeps_shape``: ``dp.prune(model, x, ratio=r)`` gives a model
   that runs, keeps its output shape, has consistent width attributes and fewer parameters.
+- ``test_every_layer_shrinks_by_the_ratio``: on architectures with concatenations, every conv
+  loses its share of the ratio (issue 17), whichever producer of a concatenation it is.
 - ``test_function_preservation``: zero every parameter slice of some channels of a group, then
   prune exactly those channels: the output must not change (float64, eval mode, 1e-5).
   Several rounds per example (the graph rebuilt each time), each round pruning either one
@@ -19,9 +21,11 @@ Environment knobs: ``DP_PROPERTY_SCALE=k`` multiplies the number of examples;
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, note, settings
@@ -240,3 +244,58 @@ def test_function_preservation(spec, data):
         _zero_and_prune(model, x, graph, plan, normalizing)
     y = forward(model, x)
     assert y.shape == y_orig.shape
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. the per-layer width rule (issue 17): every conv shrinks by the ratio, concatenated or not
+# ---------------------------------------------------------------------------------------------
+def _has_conv_concat(spec) -> bool:
+    return any(kind == "cat" and sum(b[0] == "conv" for b in p["branches"]) + any(b[0] != "conv" for b in p["branches"]) >= 2
+               for kind, p in spec["blocks"])
+
+
+def _expected_removals(graph, name):
+    """For conv ``name``: (width, number of the group's parts its output covers, lowest and
+    highest count of removed filters the rule allows at ``ratio``), or None if the rule does not
+    speak about it (frozen or coarse channels)."""
+    key = (f"{name}.weight", 0)
+    g = graph._member_group.get(key)
+    if g is None or not g.prunable or g.n_frozen:
+        return None
+    m = next(mm for mm in g.members if (mm.name, mm.dim) == key)
+    ch = m._channel_of
+    if (ch < 0).any() or np.unique(ch).size != ch.size or g.unit != 1:
+        return None
+    mine = [p for p in g.parts if np.isin(p[0], ch)]
+    return m.size, g, mine
+
+
+@_settings(60)
+@given(spec=archs(kinds=("conv", "cat", "cat", "split", "res", "se", "pool")).filter(_has_conv_concat),
+       ratio=st.floats(0.1, 0.9))
+def test_every_layer_shrinks_by_the_ratio(spec, ratio):
+    """Local mode: a conv of width ``w`` whose output covers ``k`` parts of its group loses
+    within ``k`` (+1 for the group's ceil) of ``ratio * w`` filters and keeps at least one; where
+    no part of the group is held at its floor, each part loses the floor or the ceiling of its
+    share ``n_group * size_part / size_group``, so a concatenation's producers lose alike."""
+    note(spec_code(spec))
+    model, x = build_model(spec), make_input(spec)
+    graph = dp.build_graph(model, x)
+    convs = {n: mod for n, mod in model.named_modules() if isinstance(mod, nn.Conv2d)}
+    rules = {n: r for n in convs if (r := _expected_removals(graph, n)) is not None}
+    widths = {n: convs[n].out_channels for n in rules}
+    dp.prune(model, x, ratio=ratio)
+    for name, (w, g, mine) in rules.items():
+        removed = w - convs[name].out_channels
+        k = len(mine)
+        note(f"{name}: width {w}, parts {[len(p) for p in mine]} of {[len(p) for p in g.parts]}, removed {removed}")
+        assert convs[name].out_channels >= 1
+        assert removed < ratio * w + k + 1, f"{name} lost {removed} of {w} at ratio {ratio:.3f}"
+        n_group = min(math.ceil(ratio * g.size - 1e-9), g.size - 1)
+        share = [n_group * len(p) / g.size for p in g.parts]
+        if all(math.ceil(q - 1e-9) <= len(p) - 1 for q, p in zip(share, g.parts)):
+            lo = sum(math.floor(n_group * len(p) / g.size + 1e-9) for p in mine)
+            hi = sum(math.ceil(n_group * len(p) / g.size - 1e-9) for p in mine)
+            assert lo <= removed <= hi, f"{name} lost {removed} of {w}; its share is {lo}..{hi}"
+            assert removed > ratio * w - k - 1
+    assert widths.keys() == rules.keys()

@@ -65,6 +65,8 @@ class Group:
         self.frozen_reasons = frozen_reasons
         self.n_frozen = n_frozen
         self._comps = comps  # component id of each prunable channel
+        self._parts = None
+        self._unit = None
         self.verify_reason: str | None = None  # set when the numerical check refused this group
 
     @property
@@ -82,6 +84,36 @@ class Group:
         if not self.frozen_reasons:
             return None if self.size > 1 else ("a single channel cannot be pruned" if self.size == 1 else None)
         return self.frozen_reasons.most_common(1)[0][0]
+
+    @property
+    def parts(self) -> list[np.ndarray]:
+        """The group's channels split by *which members cover them*, in order of first channel.
+
+        A plain group (one conv's outputs, or a residual stream) is one part. A concatenation
+        ``cat([a(x), b(x)])`` is two: ``a``'s channels (covered by ``a.weight``, ``a.bias``, the
+        consumer's input slice) and ``b``'s. A consumer that reads a slice splits the parts it
+        reads from the rest. Every member covers a union of whole parts, so removing the same
+        fraction of every part removes that fraction from every member: the plan uses this to
+        shrink every layer of a concatenation by its own ratio."""
+        if self._parts is None:
+            self._parts = channel_parts(self.members, self.size)
+        return self._parts
+
+    @property
+    def unit(self) -> int:
+        """Positions per channel of the group's finest member: 1 for ordinary channels, more where
+        every channel of the group is a block of a layer's filters (attention heads, channels a
+        shuffle or a grouped conv ties together). Only for the planner's rounding."""
+        if self._unit is None:
+            best = None
+            for m in self.members:
+                ch = np.asarray(m._channel_of)
+                ch = ch[ch >= 0]
+                if ch.size:
+                    per = ch.size // max(np.unique(ch).size, 1)
+                    best = per if best is None else min(best, per)
+            self._unit = max(best or 1, 1)
+        return self._unit
 
     @property
     def modules(self) -> list[str]:
@@ -120,6 +152,27 @@ class Group:
         for m in self.members:
             lines.append(f"  {m.name:<48} dim {m.dim}  {m.size:>6} positions  [{m.kind}]")
         return "\n".join(lines)
+
+
+def channel_parts(members: Sequence[GroupMember], size: int) -> list[np.ndarray]:
+    """Partition ``range(size)`` into classes of channels covered by the same set of members."""
+    if size <= 0:
+        return []
+    cover = np.zeros((max(len(members), 1), size), dtype=bool)
+    for i, m in enumerate(members):
+        ch = np.asarray(m._channel_of)
+        cover[i, ch[ch >= 0]] = True
+    keys = np.packbits(cover, axis=0).T  # one row of bits per channel
+    _, label = np.unique(keys, axis=0, return_inverse=True)
+    label = np.asarray(label).ravel()
+    first = np.full(label.max() + 1, size, dtype=np.int64)
+    np.minimum.at(first, label, np.arange(size))
+    rank = np.empty_like(first)
+    rank[np.argsort(first, kind="stable")] = np.arange(first.size)
+    by_part = rank[label]
+    order = np.argsort(by_part, kind="stable")
+    bounds = np.searchsorted(by_part[order], np.arange(first.size + 1))
+    return [order[bounds[k]:bounds[k + 1]] for k in range(first.size)]
 
 
 def make_groups(ctx: BuildContext, graph) -> list[Group]:
