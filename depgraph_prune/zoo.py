@@ -109,6 +109,11 @@ def run(kind: str, name: str, ratio: float, min_reduction: float, max_size: int 
         problems.append(f"{missing} channels frozen for lack of a rule")
     if thin is not None and thin[0] < min_kept_fraction(ratio):
         problems.append(f"`{thin[1]}` keeps only {thin[0]:.0%} of its channels")
+    refused = sum(len(v.guilty) for v in result.verification)
+    if refused:  # a coupling rule the numerical check caught: a bug to fix, not a pass
+        problems.append(f"verification froze {refused} group(s)")
+    if not result.verification and result.records:
+        problems.append("not verified")
     return not problems, "; ".join(problems), size, result, seconds
 
 
@@ -171,10 +176,12 @@ def markdown(rows: list[str], passed: int, total: int, *, ratio: float, min_redu
               f"{platform.processor() or platform.machine()}, 1 thread · command: `{command}`",
               "", f"**{passed} / {total} pass.** Pass: forward works, output structure unchanged, MACs down "
               f"≥ {min_reduction:.0%}, no channel frozen for lack of a rule, every conv / linear layer keeps "
-              f"≥ {min_kept_fraction(ratio):.0%} of its output channels. Random weights, L1 ranking. "
+              f"≥ {min_kept_fraction(ratio):.0%} of its output channels, the numerical check (pruned == "
+              "masked original) accepted every group. Random weights, L1 ranking. "
               "Detection: the backbone is pruned in place, then the whole detector runs on a 320×320 image; "
               "its MACs are the backbone's. Smallest kept: the smallest fraction of its output channels that any "
-              "pruned conv / linear layer keeps, and that layer. Seconds: graph build + pruning + the two MAC counts.", "",
+              "pruned conv / linear layer keeps, and that layer. Seconds: graph build + pruning + the numerical "
+              "check + the MAC counts.", "",
               "| kind | model | result | input | GMACs before | GMACs after | speedup | M params before | "
               "M params after | smallest kept | seconds |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     return "\n".join(header + rows) + "\n"
