@@ -20,12 +20,15 @@ Blocks (pre-norm residual, ``x = x + f(norm(x))``, optionally with a layer scale
   ``chunk(3, -1)``; heads via ``view(B, T, -1, self.head_dim)``,
   ``view(B, T, self.num_heads, self.head_dim)`` or HF's ``view(*x.shape[:-1], -1, self.head_dim)``;
   grouped-query attention with k/v heads repeated by ``repeat_interleave(n_rep, dim=1)`` or HF's
-  ``repeat_kv`` (``[:, :, None].expand(...).reshape(...)``); rotary embeddings with
-  ``rotate_half`` (halves by a constant or by ``x.shape[-1] // 2``) and cos/sin buffers sliced by
-  the sequence length; optional RMSNorm on q and k (qk-norm); the core is
-  ``q @ k.transpose(-2, -1) * scale`` (scale a constant ``self.scale = self.head_dim ** -0.5``,
-  ``q.size(-1) ** -0.5``, ``/ math.sqrt(self.head_dim)`` or ``/ math.sqrt(k.size(-1))``) with an
-  optional causal mask buffer, or ``F.scaled_dot_product_attention`` with or without ``scale=``.
+  ``repeat_kv`` (``[:, :, None].expand(...).reshape(...)``) or SDPA's ``enable_gqa=True``;
+  rotary embeddings with ``rotate_half`` (halves by a constant or by ``x.shape[-1] // 2``), the
+  cos/sin tables either buffers sliced by the sequence length (``self.cos_cached[:T]``) or
+  computed in forward from ``torch.arange(T)`` and an ``inv_freq`` buffer; optional RMSNorm on q
+  and k (qk-norm); the core is ``q @ k.transpose(-2, -1) * scale`` (scale a constant
+  ``self.scale = self.head_dim ** -0.5``, ``q.size(-1) ** -0.5``, ``/ math.sqrt(self.head_dim)``
+  or ``/ math.sqrt(k.size(-1))``) with an optional causal mask (nanoGPT's ``tril`` buffer sliced
+  by the length, or built in forward), or ``F.scaled_dot_product_attention`` (``is_causal``)
+  with or without ``scale=``.
 - ``mlp``: SwiGLU ``down(silu(gate(x)) * up(x))``, a fused ``gate_up`` Linear split by
   ``chunk(2, -1)``, ``fc2(gelu(fc1(x)))`` or ``fc2(F.glu(fc1(x), -1))``.
 - ``moe``: a router Linear and a ModuleList of experts (small SwiGLU / GELU MLPs), every expert
@@ -128,11 +131,14 @@ class Attention(nn.Module):
             self.scale = self.head_dim ** -0.5
         if p["rope"] != "none":
             inv_freq = 1.0 / (10000 ** (torch.arange(0, D, 2, dtype=torch.float64) / D))
-            freqs = torch.outer(torch.arange(MAX_T, dtype=torch.float64), inv_freq)
-            emb = torch.cat((freqs, freqs), dim=-1)
-            self.register_buffer("cos_cached", emb.cos(), persistent=False)
-            self.register_buffer("sin_cached", emb.sin(), persistent=False)
-        if p["causal"] and p["scale"] not in ("sdpa", "sdpa_scale"):
+            if p["rope"] == "cache":  # tables for MAX_T positions, sliced by the sequence length
+                freqs = torch.outer(torch.arange(MAX_T, dtype=torch.float64), inv_freq)
+                emb = torch.cat((freqs, freqs), dim=-1)
+                self.register_buffer("cos_cached", emb.cos(), persistent=False)
+                self.register_buffer("sin_cached", emb.sin(), persistent=False)
+            else:  # "runtime": the tables are computed in forward from the positions (HF today)
+                self.register_buffer("inv_freq", inv_freq, persistent=False)
+        if p["causal"] == "cache" and not p["scale"].startswith("sdpa"):  # nanoGPT's mask buffer
             self.register_buffer("mask", torch.tril(torch.ones(MAX_T, MAX_T)).view(1, 1, MAX_T, MAX_T))
 
     def _heads(self, t, x, n):
@@ -148,10 +154,16 @@ class Attention(nn.Module):
             t = t.view(hidden_shape)
         return t.transpose(1, 2)
 
-    def _rope(self, t, T):
-        cos = self.cos_cached[:T]
-        sin = self.sin_cached[:T]
-        if self.p["rope"] == "const":
+    def _rope_tables(self, x, T):
+        if self.p["rope"] == "cache":
+            return self.cos_cached[:T], self.sin_cached[:T]
+        t = torch.arange(T, dtype=x.dtype, device=x.device)
+        freqs = torch.outer(t, self.inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos(), emb.sin()
+
+    def _rope(self, t, cos, sin):
+        if self.p["rotate"] == "const":
             return t * cos + rotate_half_const(t, self.head_dim // 2) * sin
         return (t * cos) + (rotate_half(t) * sin)
 
@@ -173,7 +185,8 @@ class Attention(nn.Module):
         if p["qk_norm"]:
             q, k = self.q_norm(q), self.k_norm(k)
         if p["rope"] != "none":
-            q, k = self._rope(q, T), self._rope(k, T)
+            cos, sin = self._rope_tables(x, T)
+            q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
         if self.n_rep > 1 and p["gqa"] != "sdpa":
             if p["gqa"] == "repeat_interleave":
                 k = k.repeat_interleave(self.n_rep, dim=1)
@@ -183,11 +196,11 @@ class Attention(nn.Module):
                 v = repeat_kv(v, self.n_rep)
         scale = p["scale"]
         if scale == "sdpa" and self.n_rep > 1 and p["gqa"] == "sdpa":
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=p["causal"], enable_gqa=True)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=bool(p["causal"]), enable_gqa=True)
         elif scale == "sdpa":
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=p["causal"])
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=bool(p["causal"]))
         elif scale == "sdpa_scale":
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=p["causal"], scale=self.scale,
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=bool(p["causal"]), scale=self.scale,
                                                enable_gqa=self.n_rep > 1 and p["gqa"] == "sdpa")
         else:
             if scale == "const":
@@ -198,8 +211,11 @@ class Attention(nn.Module):
                 att = torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(self.head_dim)
             else:  # "ksize", nanoGPT
                 att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
-            if p["causal"]:
+            if p["causal"] == "cache":
                 att = att.masked_fill(self.mask[:, :, :T, :T] == 0, float("-inf"))
+            elif p["causal"] == "runtime":
+                causal = att.new_ones((T, T), dtype=torch.bool).tril()
+                att = att.masked_fill(~causal, float("-inf"))
             att = F.softmax(att, dim=-1)
             y = att @ v
         y = y.transpose(1, 2)
@@ -380,7 +396,7 @@ NORMS = ("rms", "rms", "ln", None, None)
 def _attn_block(draw, c):
     heads = draw(st.integers(1, 4))
     kv_heads = draw(st.sampled_from([d for d in range(1, heads + 1) if heads % d == 0]))
-    rope = draw(st.sampled_from(["none", "none", "const", "hf"]))
+    rope = draw(st.sampled_from(["none", "none", "runtime", "runtime", "cache"]))
     head_dim = draw(st.sampled_from([2, 4, 6, 8] if rope != "none" else [2, 3, 4, 5, 6, 8]))
     qkv = draw(st.sampled_from(["separate", "separate", "split_sizes", "split_attr", "chunk"]))
     if qkv in ("split_attr", "chunk") and kv_heads != heads:
@@ -391,9 +407,11 @@ def _attn_block(draw, c):
             "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim, "qkv": qkv, "bias": draw(st.booleans()),
             "view": draw(st.sampled_from(["infer", "heads", "hf"])),
             "gqa": gqa,
-            "rope": rope, "qk_norm": draw(st.integers(0, 4)) == 0,
+            "rope": rope, "rotate": draw(st.sampled_from(["const", "shape"])),
+            "qk_norm": draw(st.integers(0, 4)) == 0,
             "scale": scale,
-            "causal": draw(st.booleans()), "merge": draw(st.sampled_from(["infer", "hf"]))}
+            "causal": draw(st.sampled_from([False, False, "runtime", "runtime", "cache"])),
+            "merge": draw(st.sampled_from(["infer", "hf"]))}
 
 
 @st.composite

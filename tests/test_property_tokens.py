@@ -6,10 +6,11 @@ constants or from widths, SDPA with and without ``scale=``, tied embeddings, lea
 layer scales, mixture-of-experts routers with top-k or argmax).
 
 - ``test_token_pruned_model_runs_and_keeps_shape``: ``dp.prune(model, x, ratio=r)`` gives a
-  model that runs (eval and train mode), keeps its output shape, keeps tied weights tied, has
-  consistent width attributes and fewer parameters.
+  model that runs (eval and train mode, and at the longest sequence length), keeps its output
+  shape, keeps tied weights tied, has consistent width attributes and fewer parameters.
 - ``test_token_function_preservation``: zero every parameter slice of some channels of a group,
-  then prune exactly those channels: the output must not change (float64, eval mode, 1e-5).
+  then prune exactly those channels: the output must not change (float64, eval mode, 1e-5), at
+  the traced sequence length and at the longest one the model accepts (``MAX_T``).
   Groups holding a norm's weight (the residual stream of a model with RMSNorm / LayerNorm, the
   per-head dims under qk-norm) are normalized, so the equality cannot hold for them: they are
   pruned in their own rounds with the shape and width checks only. Every other group, in every
@@ -34,8 +35,9 @@ from depgraph_prune.errors import PruningError
 
 sys.path.insert(0, os.path.dirname(__file__))
 from archgen import build_model, make_input, norm_param_names, spec_code, token_archs  # noqa: E402
-from test_property import (_settings, _zero_and_prune, channel_subset, check_widths,  # noqa: E402
-                           empties_a_member, forward, n_params)
+from archgen_tokens import MAX_T  # noqa: E402
+from test_property import (TOL, _settings, _zero_and_prune, channel_subset, check_widths,  # noqa: E402
+                           empties_a_member, forward, member_params, n_params)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -54,19 +56,53 @@ def is_normalized(group, norm_params: set[str]) -> bool:
     return any(m.name in norm_params for m in group.members)
 
 
+def long_input(spec):
+    """An input of the longest length the model accepts (the traced one is shorter): a prune
+    must not tie the model to the traced sequence length (position tables, rotary caches)."""
+    return make_input({**spec, "seq": MAX_T})
+
+
+def zero_and_prune_tokens(model, x, graph, plan, normalizing, spec):
+    """``_zero_and_prune`` (zero the plan's slices, prune, same output), and the same equality at
+    the longest sequence length."""
+    x_long = long_input(spec)
+    with torch.no_grad():
+        for g, chans in plan.items():
+            for m, t in member_params(model, g):
+                t.index_fill_(m.dim, m.indices(chans), 0)
+    y_long = forward(model, x_long)
+    _zero_and_prune(model, x, graph, plan, normalizing)  # zeroing again is a no-op
+    try:
+        y_long_pruned = forward(model, x_long)
+    except RuntimeError as e:
+        raise AssertionError(f"the pruned model no longer runs at sequence length {MAX_T} "
+                             f"(traced at {x.shape[1]}): {e}") from e
+    assert y_long_pruned.shape == y_long.shape
+    if not normalizing:
+        diff = (y_long_pruned - y_long).abs().max().item()
+        assert diff <= TOL, (f"at sequence length {MAX_T} (traced at {x.shape[1]}) the pruned model differs "
+                             f"from the zeroed model by {diff:.3g}")
+
+
 # ---------------------------------------------------------------------------------------------
 # 1. one-call pruning
 # ---------------------------------------------------------------------------------------------
 def _prune_runs_and_keeps_shape(spec, ratio):
     note(spec_code(spec))
     model, x = build_model(spec), make_input(spec)
-    y0 = forward(model, x)
+    y0, y0_long = forward(model, x), forward(model, long_input(spec))
     p0 = n_params(model)
     result = dp.prune(model, x, ratio=ratio)
     note(f"ratio={ratio}; pruned widths: {result.widths}")
     y1 = forward(model, x)
     assert y1.shape == y0.shape
     assert torch.isfinite(y1).all()
+    try:
+        y1_long = forward(model, long_input(spec))
+    except RuntimeError as e:
+        raise AssertionError(f"the pruned model no longer runs at sequence length {MAX_T} "
+                             f"(traced at {x.shape[1]}): {e}") from e
+    assert y1_long.shape == y0_long.shape
     check_token_widths(model)
     if result.widths:
         assert n_params(model) < p0, "channels were pruned but the parameter count did not decrease"
@@ -131,7 +167,7 @@ def _function_preservation(spec, data):
         note(f"round {r} ({mode}): plan " + "; ".join(
             f"group {g.index} ({', '.join(sorted({m.name for m in g.members}))}; size {g.size}, "
             f"frozen {g.n_frozen}): {c}" for g, c in plan.items()))
-        _zero_and_prune(model, x, graph, plan, normalizing=mode == "normed")
+        zero_and_prune_tokens(model, x, graph, plan, mode == "normed", spec)
         check_token_widths(model)
     y = forward(model, x)
     assert y.shape == y_orig.shape
