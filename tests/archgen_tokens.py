@@ -10,7 +10,9 @@ from ``spec["seed"]``), float64, eval mode, with submodule names that depend onl
 Input (``spec["input"]``): ``"ids"``, token ids ``(B, T)`` into an ``nn.Embedding``, or
 ``"float"``, features ``(B, T, C_in)`` into a ``Linear`` stem. Optional learned positions
 (``spec["pos"]``): an ``nn.Parameter`` ``(1, MAX_T, C)`` sliced by the sequence length, or an
-``nn.Embedding`` of ``torch.arange(T)``.
+``nn.Embedding`` of ``torch.arange(T)``. Optional embedding scale (``spec["embed_scale"]``,
+Gemma / T5): ``x * self.embed_scale`` (a number fixed at construction), ``x * x.shape[-1] ** 0.5``
+or ``x * math.sqrt(self.hidden_dim)`` (both from the width).
 
 Blocks (pre-norm residual, ``x = x + f(norm(x))``, optionally with a layer scale
 ``self.gamma * f(...)``):
@@ -34,12 +36,15 @@ Blocks (pre-norm residual, ``x = x + f(norm(x))``, optionally with a layer scale
 - ``moe``: a router Linear and a ModuleList of experts (small SwiGLU / GELU MLPs), every expert
   run on every token and masked: top-k routing (``w, idx = logits.topk(k, -1)``, softmax over the
   k weights, then ``(w * (idx == e)).sum(-1, keepdim=True)``), Mixtral's softmax-then-top-k with
-  renormalization, or argmax routing (``idx = logits.argmax(-1)``, ``idx == e``).
+  renormalization, argmax routing (``idx = logits.argmax(-1)``, ``idx == e``) or Switch's top-1
+  by ``w, idx = logits.softmax(-1).max(dim=-1)``; optionally a
+  shared expert gated by ``sigmoid(Linear(C, 1))`` (Qwen2-MoE).
 
 Norms (pre-norms and the final norm): a hand-written RMSNorm
-(``x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * self.weight``), ``nn.LayerNorm``, or
-none. Heads: tied (an ``nn.Linear`` whose weight *is* ``embed.weight``, ids input only), a
-per-token ``Linear(C, k)``, or the mean over tokens then ``Linear(C, k)``.
+(``x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * self.weight``), Hugging Face's
+LlamaRMSNorm (statistics in float32), ``nn.LayerNorm``, or none. Heads: tied (an ``nn.Linear``
+whose weight *is* ``embed.weight``, ids input only), a per-token ``Linear(C, k)``, or the mean
+over tokens then ``Linear(C, k)``.
 
 Normalized groups: zeroing some channels of a tensor that an RMSNorm / LayerNorm normalizes
 changes the other channels' statistics, so the function-preservation equality does not hold for
@@ -77,9 +82,27 @@ class RMSNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
 
+class RMSNormHF(nn.Module):
+    """As Hugging Face's LlamaRMSNorm writes it: statistics in float32, back to the input dtype."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states):
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.to(torch.float32)
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        return self.weight * hidden_states.to(input_dtype)
+
+
 def make_norm(kind: str | None, dim: int) -> nn.Module:
     if kind == "rms":
         return RMSNorm(dim)
+    if kind == "rms_hf":
+        return RMSNormHF(dim)
     if kind == "ln":
         return nn.LayerNorm(dim)
     return nn.Identity()
@@ -266,15 +289,26 @@ class MoE(nn.Module):
         self.num_experts, self.top_k = p["experts"], p["k"]
         self.router = nn.Linear(c, self.num_experts, bias=False)
         self.experts = nn.ModuleList(MLP(c, {"kind": p["expert"], "hidden": h, "bias": False}) for h in p["hidden"])
+        self.has_shared = p["shared"]
+        if self.has_shared:  # Qwen2-MoE's shared expert with a 1-wide sigmoid gate
+            self.shared_expert = MLP(c, {"kind": "swiglu", "hidden": p["hidden"][0], "bias": False})
+            self.shared_expert_gate = nn.Linear(c, 1, bias=False)
 
     def forward(self, x):
         logits = self.router(x)
         out = torch.zeros_like(x)
+        if self.has_shared:
+            out = out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
         if self.routing == "argmax":
             idx = logits.argmax(-1)
             for e in range(self.num_experts):
                 mask = (idx == e).unsqueeze(-1).to(x.dtype)
                 out = out + mask * self.experts[e](x)
+            return out
+        if self.routing == "switch":  # Switch Transformer: top-1 by max(dim)
+            w, idx = logits.softmax(dim=-1).max(dim=-1)
+            for e in range(self.num_experts):
+                out = out + (w * (idx == e)).unsqueeze(-1) * self.experts[e](x)
             return out
         if self.routing == "topk":
             w, idx = logits.topk(self.top_k, dim=-1)
@@ -312,6 +346,10 @@ class TokenNet(nn.Module):
         super().__init__()
         c = spec["dim"]
         self.input_kind, self.pos_kind = spec["input"], spec["pos"]
+        self.embed_scale_kind = spec.get("embed_scale")
+        self.hidden_dim = c
+        if self.embed_scale_kind == "const":
+            self.embed_scale = c ** 0.5
         if self.input_kind == "ids":
             self.embed = nn.Embedding(spec["vocab"], c)
         else:
@@ -335,6 +373,12 @@ class TokenNet(nn.Module):
             x = self.embed(x)
         else:
             x = self.stem(x)
+        if self.embed_scale_kind == "const":  # a number fixed at construction
+            x = x * self.embed_scale
+        elif self.embed_scale_kind == "width":  # Gemma / T5 style, from the width
+            x = x * x.shape[-1] ** 0.5
+        elif self.embed_scale_kind == "attr":  # from a width attribute the surgeon may rewrite
+            x = x * math.sqrt(self.hidden_dim)
         T = x.size(1)
         if self.pos_kind == "param":
             x = x + self.pos[:, :T]
@@ -380,7 +424,7 @@ def norm_param_names(model: nn.Module) -> set[str]:
     normalized: see the module docstring)."""
     out = set()
     for mname, mod in model.named_modules():
-        if isinstance(mod, (RMSNorm, nn.LayerNorm)):
+        if isinstance(mod, (RMSNorm, RMSNormHF, nn.LayerNorm)):
             for pname, _ in mod.named_parameters(recurse=False):
                 out.add(f"{mname}.{pname}" if mname else pname)
     return out
@@ -389,7 +433,7 @@ def norm_param_names(model: nn.Module) -> set[str]:
 # ---------------------------------------------------------------------------------------------
 # The strategy
 # ---------------------------------------------------------------------------------------------
-NORMS = ("rms", "rms", "ln", None, None)
+NORMS = ("rms", "rms_hf", "ln", None, None)
 
 
 @st.composite
@@ -425,8 +469,9 @@ def _mlp_block(draw, c):
 def _moe_block(draw, c):
     e = draw(st.integers(2, 4))
     return {"norm": draw(st.sampled_from(NORMS)), "layer_scale": draw(st.booleans()),
-            "routing": draw(st.sampled_from(["topk", "mixtral", "argmax"])), "experts": e,
+            "routing": draw(st.sampled_from(["topk", "mixtral", "argmax", "switch"])), "experts": e,
             "k": draw(st.integers(1, min(2, e))), "expert": draw(st.sampled_from(["swiglu", "gelu"])),
+            "shared": draw(st.integers(0, 3)) == 0,
             "hidden": tuple(draw(st.integers(2, 12)) for _ in range(e))}
 
 
@@ -446,6 +491,7 @@ def token_archs(draw, max_blocks: int = 4, kinds: tuple[str, ...] = ("attn", "at
         "input": "ids" if ids else "float",
         "dim": c,
         "pos": draw(st.sampled_from(["none", "none", "param", "embedding"])),
+        "embed_scale": draw(st.sampled_from([None, None, None, "const", "width", "attr"])),
     }
     if ids:
         spec["vocab"] = draw(st.integers(5, 20))
