@@ -48,6 +48,8 @@ class PruneResult:
     records: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     frozen: list[tuple[str, int, str]] = field(default_factory=list)  # (first member, channels, reason)
+    #: what the numerical check did, one report per surgery (see :mod:`depgraph_prune.verify`)
+    verification: list = field(default_factory=list)
 
     @property
     def speedup(self) -> float:
@@ -69,6 +71,9 @@ class PruneResult:
             lines.append(f"{len(inner)} groups keep frozen channels (never pruned), e.g.:")
             for name, n, reason in inner[:5]:
                 lines.append(f"  {name} ({n} channels): {reason}")
+        from .verify import describe
+        for rep in self.verification:
+            lines.append(f"verified: {describe(rep)}")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -177,7 +182,7 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
           steps: int = 1, callback: Callable | None = None, progress: bool = False,
           ignored_layers: Iterable = (), leaf_modules: Iterable = (), frozen: Iterable = (),
           attention: str = "heads", calibration: Iterable | None = None,
-          loss_fn: Callable | None = None) -> PruneResult:
+          loss_fn: Callable | None = None, verify=True) -> PruneResult:
     """Prune ``model`` in place and return a ``PruneResult`` (``print`` it for a before/after table).
 
     What goes:
@@ -194,6 +199,10 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
       runs after each round (e.g. to fine-tune); ``progress=True`` shows a bar.
     * ``attention="heads"`` (default) or ``"head_dim"``: the granularity of
       ``nn.MultiheadAttention`` (see :func:`build_graph`).
+    * ``verify=True`` (default): every surgery is checked numerically against the original with
+      the removed channels zeroed (:mod:`depgraph_prune.verify`); groups that fail are frozen
+      with the reason, the rest is planned again, and ``result.verification`` says what was
+      checked and how. ``verify="raise"`` raises instead; ``verify=False`` skips the check.
 
     ``importance``: a name (``"l1"``, ``"l2"``, ...), an instance from ``dp.importance`` or a callable
     ``(group) -> scores``. Gradient-based criteria need ``calibration`` (an iterable of
@@ -222,6 +231,8 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
         raise PruningError(f"steps must be a positive integer, got {steps!r}")
     if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
         raise PruningError(f"round_to must be a positive integer, got {round_to!r}")
+    if verify not in (True, False, "raise"):
+        raise PruningError(f"verify must be True, False or 'raise', got {verify!r}")
     try:
         scorer = _imp.resolve(importance)
     except ValueError as exc:
@@ -235,7 +246,7 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
     graph = build_graph(model, example_inputs, ignored_layers=ignored_layers, leaf_modules=leaf_modules,
                             frozen=frozen, attention=attention)
     before = count_ops(model, example_inputs)
-    records, notes, widths = [], list(graph.notes), []
+    records, notes, widths, verification = [], list(graph.notes), [], []
     frozen_groups = [(g.members[0].name, n, r) for g in graph.groups for r, n in g.frozen_reasons.most_common()]
     rounds = range(1, steps + 1)
     if progress and steps > 1:
@@ -249,16 +260,18 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
                             frozen=frozen, attention=attention)
         if needs_grad:
             scorer.accumulate(model, calibration, loss_fn=loss_fn)
-        if target_speedup is not None:
-            goal = before.macs / target_speedup ** (i / steps)
-            plan = _search_plan(model, example_inputs, graph, scorer, goal, kw)
-        else:
+        def make_plan(graph=graph, i=i):
+            if target_speedup is not None:
+                goal = before.macs / target_speedup ** (i / steps)
+                return _search_plan(model, example_inputs, graph, scorer, goal, kw)
             base = 0.5 if ratio is None and ratios is None else ratio
             r_ratio, r_ratios = _scale(base, ratios, 1 / steps) if steps > 1 else (base, ratios)
-            plan = _plan(graph, scorer, r_ratio, r_ratios, global_ranking, max_ratio, round_to, min_channels)
+            return _plan(graph, scorer, r_ratio, r_ratios, global_ranking, max_ratio, round_to, min_channels)
+        record, plan, reports = _apply_verified(graph, make_plan(), make_plan, verify)
+        verification += reports
         widths += [width_row(g, c) for g, c in plan.items()]
-        if plan:
-            records.append(graph.prune(plan))
+        if record:
+            records.append(record)
         if callback is not None:
             callback(model, i)
     after = count_ops(model, example_inputs)
@@ -267,4 +280,42 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
     elif not records:
         notes.append("no prunable group: every channel is frozen or the ratios select nothing "
                      "(see dp.build_graph(model, x).summary())")
-    return PruneResult(before, after, widths, records, notes, frozen_groups)
+    for rep in verification:
+        notes += rep.notes()
+        frozen_groups += [(f"group {gi}", 0, r) for gi, r in rep.guilty.items()]
+    return PruneResult(before, after, widths, records, notes, frozen_groups, verification)
+
+
+def _apply_verified(graph, plan, replan, verify):
+    """Surgery with the numerical check: groups that fail are frozen and the plan is made
+    again without them (so a global budget or a speedup target is still met by the others).
+    Returns ``(record, plan applied, reports)``."""
+    from ._memory import release_free_memory
+    from . import verify as _verify
+    if not plan:
+        return {}, {}, []
+    if not verify:
+        return graph.prune(plan, verify=False), plan, []
+    reports = []
+    for _ in range(8):
+        record, report = _verify.apply(graph, plan, mode=verify, keep_partial=False)
+        reports.append(report)
+        graph.freeze_groups(report.guilty)
+        if record is not None:
+            break
+        plan = replan()
+        if not plan:
+            record = {}
+            break
+    else:  # pragma: no cover - each retry freezes at least one group
+        raise PruningError("verification kept failing after 8 re-plans")
+    record.pop("undo", None)
+    release_free_memory()
+    if record:
+        graph._stale = True
+    graph.last_verification = reports[-1]
+    merged = reports[-1]
+    for rep in reports[:-1]:
+        merged.guilty = {**rep.guilty, **merged.guilty}
+        merged.runs += rep.runs
+    return record, plan, [merged]

@@ -66,6 +66,7 @@ def apply_plan(graph, plan: Mapping) -> dict:
     if not keeps:
         return {}
     kinds = {(m.name, m.dim): m.kind for m in graph._ctx.members.values()}
+    rescale = _rescales(graph, removed, keeps)
     # ---- build phase -------------------------------------------------------------------------
     by_tensor: dict[str, dict[int, np.ndarray]] = {}
     widths: dict[str, dict[str, int]] = {}
@@ -92,6 +93,10 @@ def apply_plan(graph, plan: Mapping) -> dict:
     for tid in new_tensors:
         for mod, attr, mod_name in holders.get(tid, []):
             touched_modules[id(mod)] = (mod, mod_name)
+            if ".parametrizations." in f".{mod_name}":  # the module whose weight it parametrizes
+                owner = mod_name.rpartition("parametrizations.")[0].rstrip(".")
+                omod = model.get_submodule(owner) if owner else model
+                touched_modules[id(omod)] = (omod, owner)
     for owner in widths:
         mod = model.get_submodule(owner) if owner else model
         touched_modules[id(mod)] = (mod, owner)
@@ -100,6 +105,7 @@ def apply_plan(graph, plan: Mapping) -> dict:
     # the record is built before anything is touched, so it cannot fail after the commit
     names = _module_names(model) if attr_updates else {}
     record = {"kept": {f"{n}:{d}": idx.tolist() for (n, d), idx in keeps.items()},
+              "rescaled": [[n, d, np.asarray(i).tolist(), f] for n, d, i, f in rescale],
               "attrs": {(f"{n}.{a}" if (n := names.get(id(m), "?")) else a): _jsonable(v)
                         for m, a, v in attr_updates}}
     # ---- commit phase ------------------------------------------------------------------------
@@ -126,6 +132,13 @@ def apply_plan(graph, plan: Mapping) -> dict:
                         old = mod._buffers[attr]
                         mod._buffers[attr] = new
                         undo.append(("buffer", mod, attr, old))
+        with torch.no_grad():
+            for name, dim, idx, factor in rescale:
+                t = getattr(*_resolve(model, name))
+                idx = torch.as_tensor(idx, dtype=torch.long, device=t.device)
+                orig = t.data.index_select(dim, idx)
+                undo.append(("rows", t, dim, idx, orig))
+                t.data.index_copy_(dim, idx, orig * factor)
         for mod, attr, value in attr_updates:
             old = getattr(mod, attr)
             setattr(mod, attr, value)
@@ -140,6 +153,28 @@ def apply_plan(graph, plan: Mapping) -> dict:
         history.remove(record)
         _rollback(undo)
     return {**record, "undo": undo_all}
+
+
+def _rescales(graph, removed, keeps) -> list:
+    """``(tensor, dim, positions in the pruned tensor, factor)`` for the scale fix-ups whose
+    width shrinks (see ``BuildContext.keep_scale``)."""
+    labels = graph._labels
+    out = []
+    for fix in graph._ctx.scale_fixups:
+        w = fix["width"]
+        real = w[w >= 0]
+        n_old = w.size
+        n_new = n_old - int(removed[labels[real]].sum())
+        if n_new == n_old:
+            continue
+        factor = (n_new / n_old) ** fix["power"]
+        for name, dim, positions in fix["tensors"]:
+            kept = keeps.get((name, dim))
+            if kept is None:
+                out.append((name, dim, positions, factor))
+            else:
+                out.append((name, dim, np.nonzero(np.isin(kept, positions))[0], factor))
+    return out
 
 
 def _module_names(model) -> dict[int, str]:
@@ -184,6 +219,10 @@ def _undo_one(entry):
             with torch.no_grad():
                 t.data = _merge(t.detach(), parts)
         t.grad = grad
+    elif entry[0] == "rows":
+        _, t, dim, idx, orig = entry
+        with torch.no_grad():
+            t.data.index_copy_(dim, idx, orig)
     elif entry[0] == "buffer":
         _, mod, attr, old = entry
         mod._buffers[attr] = old
@@ -232,7 +271,13 @@ def _new(mod, attr, new_tensors):
 
 def _width_attrs(mod: nn.Module, name: str, new_tensors, widths: dict[str, int]):
     """New values of the attributes that describe a module's widths."""
-    w = _new(mod, "weight", new_tensors)
+    from .graph.context import _get, _reparametrized
+    reparam = _reparametrized(mod, "weight") if isinstance(mod, nn.Module) else None
+    if reparam is not None and reparam[1] is not None:  # weight norm: the weight has v's shape
+        holder, _, attr = reparam[1].rpartition(".")
+        w = _new(_get(mod, holder) if holder else mod, attr, new_tensors)
+    else:
+        w = _new(mod, "weight", new_tensors)
     ups = []
     if isinstance(mod, nn.modules.conv._ConvNd):
         g = mod.groups

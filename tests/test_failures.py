@@ -503,7 +503,7 @@ def test_every_torch_call_of_a_multi_group_prune_can_fail_and_leaves_the_model_b
     m2 = _net()
     g2 = dp.build_graph(m2, _x())
     with probe:
-        g2.prune(_net_plan(g2))
+        g2.prune(_net_plan(g2), verify=False)  # the surgery's own atomicity (verification: test_verify.py)
     n = probe.n
     assert n > 100, n
     model = _net()
@@ -514,7 +514,7 @@ def test_every_torch_call_of_a_multi_group_prune_can_fail_and_leaves_the_model_b
     for k in range(1, n + 1):
         with pytest.raises(Exception) as info:
             with FailAt(k):
-                graph.prune(plan)
+                graph.prune(plan, verify=False)
         exc = info.value
         if _raised_after_validation(exc):
             escaped.append(k)  # a failure after validation escaped the rollback
@@ -540,7 +540,7 @@ def test_exception_after_the_validation_run_undoes_the_surgery(monkeypatch):
 
     monkeypatch.setattr(surgery, "output_structure", broken)
     with pytest.raises(Exception):
-        graph.prune(_net_plan(graph))
+        graph.prune(_net_plan(graph), verify=False)
     assert_unchanged(model, snap)
 
 
@@ -635,7 +635,7 @@ def test_a_rollback_that_itself_fails_is_reported_not_hidden(monkeypatch):
     monkeypatch.setattr(surgery, "_undo_one", flaky_undo)
     monkeypatch.setattr(surgery, "check_runs", lambda *a, **k: "injected validation problem")
     with pytest.raises(SurgeryError, match="rollback could not restore"):
-        graph.prune(plan)
+        graph.prune(plan, verify=False)
 
 
 # ======================================================================================= dtypes and devices

@@ -1668,14 +1668,17 @@ class MHABlock(nn.Module):
         return self.out(h + self.attn(h, h, h, need_weights=False)[0])
 
 
-def _sliced_mha(mha, keep, heads):
-    """The reference: a fresh nn.MultiheadAttention built from ``mha``'s weights at stream positions ``keep``."""
+def _sliced_mha(mha, keep, heads, q_scale=1.0):
+    """The reference: a fresh nn.MultiheadAttention built from ``mha``'s weights at stream positions
+    ``keep`` (query rows times ``q_scale``)."""
     E, e = mha.embed_dim, len(keep)
     ref = nn.MultiheadAttention(e, heads, batch_first=True).double().eval()
     rows = torch.cat([keep + i * E for i in range(3)])
+    scale = torch.ones(3 * e, dtype=torch.float64)
+    scale[:e] = q_scale
     with torch.no_grad():
-        ref.in_proj_weight.copy_(mha.in_proj_weight[rows][:, keep])
-        ref.in_proj_bias.copy_(mha.in_proj_bias[rows])
+        ref.in_proj_weight.copy_(mha.in_proj_weight[rows][:, keep] * scale[:, None])
+        ref.in_proj_bias.copy_(mha.in_proj_bias[rows] * scale)
         ref.out_proj.weight.copy_(mha.out_proj.weight[keep][:, keep])
         ref.out_proj.bias.copy_(mha.out_proj.bias[keep])
     return ref
@@ -1707,11 +1710,13 @@ def test_multihead_attention_heads_or_head_dim(mode):
         assert positions(g, "inp.weight", 0, [c]) == [1, 1 + hd, 1 + 2 * hd]
         assert positions(g, "attn.out_proj.weight", 1, [c]) == [1, 1 + hd, 1 + 2 * hd]
         keep, heads = torch.tensor([0, 2, 3, 4, 6, 7, 8, 10, 11]), H
-        graph.prune({g: [c]})
+        # the query rows are scaled by sqrt(3/4), so the logits keep their 1/sqrt(4) and removing
+        # a dead per-head position preserves the function too
+        assert_prunes(model, x, graph, {g: [c]})
         check_widths(model)
         assert (model.attn.num_heads, model.attn.head_dim, model.attn.embed_dim) == (H, hd - 1, 9)
     # the pruned module computes exactly what a fresh module built from the kept weights computes
-    ref = _sliced_mha(original, keep, heads)
+    ref = _sliced_mha(original, keep, heads, 1.0 if mode == "heads" else ((hd - 1) / hd) ** 0.5)
     for a, b in zip(model.attn.state_dict().values(), ref.state_dict().values()):
         assert torch.equal(a, b)
     h = torch.randn(2, 6, len(keep), dtype=torch.float64)

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+import numpy as np
 import torch
 import torch.fx as fx
 from torch import nn
 
 from .. import trace as _trace
 from . import rules  # noqa: F401  (registers the rules)
-from .context import BuildContext
+from ..errors import PruningError
+from .context import KERNEL_DIM, BuildContext
 from .registry import FUNCTION_RULES, METHOD_RULES, MODULE_RULES, load_optional_rules
 from .values import TV
 
@@ -44,10 +46,72 @@ def _canonical_names(model: nn.Module) -> dict[int, str]:
     return names
 
 
+def _freeze_unread(ctx: BuildContext) -> None:
+    """Positions of a tensor that no rule related to anything (a weight read in ``forward`` only
+    for its ``dtype``, a kernel dim reached through ``get_attr``) are not channels: freeze them.
+    Pruning such a dim would change a tensor that nothing else knows the size of."""
+    table = ctx.atoms
+    touched = np.zeros(table.n, dtype=bool)
+    for a, b in table._edges:
+        touched[a] = True
+        touched[b] = True
+    for atoms, _ in table.freezes:
+        touched[atoms] = True
+    for c in table.constraints:
+        touched[c.a[c.a >= 0]] = True
+        touched[c.b[c.b >= 0]] = True
+    for m in list(ctx.members.values()):
+        real = m.atoms[m.atoms >= 0]
+        if m.kind == "width" or not real.size or touched[real].any():
+            continue
+        owner = ctx.modules.get(m.name.rpartition(".")[0]) if "." in m.name else ctx.model
+        if isinstance(owner, nn.modules.conv._ConvNd) and m.name.endswith(".weight") and m.dim >= 2:
+            table.freeze(real, f"{KERNEL_DIM}`{m.name}` (dim {m.dim})")
+        else:
+            table.freeze(real, f"`{m.name}` dim {m.dim} is read in forward but related to no other "
+                               "tensor (e.g. only its dtype or device): its positions are not channels")
+
+
+def _hooked_modules(model: nn.Module) -> dict[str, str]:
+    """Modules whose forward hooks fx cannot see (module name -> description); a global forward
+    hook changes every module, so it is refused outright."""
+    from torch.nn.modules import module as _module
+    for kind in ("_global_forward_hooks", "_global_forward_pre_hooks"):
+        hooks = getattr(_module, kind, {})
+        if hooks:
+            fn = next(iter(hooks.values()))
+            raise PruningError(f"a global forward hook is registered ({getattr(fn, '__qualname__', fn)!r}, "
+                               f"torch.nn.modules.module.register_module_forward{'_pre' if 'pre' in kind else ''}"
+                               "_hook): torch.fx cannot see what it does to every module's output, so pruning "
+                               "could change the function. Remove it (handle.remove()) before pruning.")
+    out = {}
+    for name, mod in model.named_modules():
+        fns = [h for h in list(mod._forward_hooks.values()) + list(mod._forward_pre_hooks.values())
+               if not _known_hook(h)]
+        if fns:
+            what = getattr(fns[0], "__qualname__", type(fns[0]).__name__)
+            out[name] = f"`{name or type(model).__name__}` has a forward hook ({what}) that torch.fx cannot see"
+    return out
+
+
+def _known_hook(h) -> bool:
+    from torch.nn.utils.weight_norm import WeightNorm
+    return isinstance(h, WeightNorm)
+
+
+def _node_modules(node) -> list[str]:
+    stack = node.meta.get("nn_module_stack") or {}
+    paths = [v[0] if isinstance(v, tuple) else k for k, v in stack.items()]
+    if node.op == "call_module":
+        paths.append(node.target)
+    return paths
+
+
 def walk(ctx: BuildContext, gm: fx.GraphModule, decided=()) -> None:
     env: dict[fx.Node, Any] = {}
     decided = set(decided)
     canonical = ctx.canonical
+    hooked = ctx.hooked
     for node in gm.graph.nodes:
         ctx.node = node
         out = _template(node)
@@ -65,6 +129,11 @@ def walk(ctx: BuildContext, gm: fx.GraphModule, decided=()) -> None:
                 ctx.output_structure = _structure(node.args[0])
             continue
         env[node] = _apply(ctx, node, args, kwargs, out)
+        if hooked:
+            hit = [p for p in _node_modules(node) if any(p == h or p.startswith(h + ".") or not h for h in hooked)]
+            if hit:
+                h = next(h for h in hooked if any(p == h or p.startswith(h + ".") or not h for p in hit))
+                ctx.freeze([args, kwargs, env[node]], hooked[h])
         if node.name in decided:
             ctx.freeze(env[node], f"a width decides control flow (`if`/`assert`) at {ctx.where()}")
 
@@ -117,8 +186,13 @@ def _frozen_output(ctx, out, why: str):
 
 def _get_attr(ctx, node, out, canonical):
     obj = ctx.model
-    for part in node.target.split("."):
-        obj = getattr(obj, part)
+    try:
+        for part in node.target.split("."):
+            obj = getattr(obj, part)
+    except AttributeError:
+        # a constant fx made of a tensor forward computed from no module attribute (a
+        # `torch.tensor(...)` literal): its values are data and its sizes are fixed
+        return TV(tuple(out.shape), {}) if isinstance(out, TV) else None
     if not isinstance(obj, torch.Tensor):
         return None
     name = canonical.get(id(obj), node.target)
@@ -174,6 +248,7 @@ def build_context(model: nn.Module, example_inputs: Any, leaf_names: Iterable[st
         pass
     ctx = BuildContext(model, dict(model.named_modules(remove_duplicate=False)), attention=attention)
     ctx.canonical = _canonical_names(model)
+    ctx.hooked = _hooked_modules(real)
     tr = _trace.trace(model, example_inputs, leaf_types=leaf_types, leaf_names=leaf_names, training=False,
                       real_model=real)
     ctx.opaque = dict(tr.opaque)
@@ -195,6 +270,7 @@ def build_context(model: nn.Module, example_inputs: Any, leaf_names: Iterable[st
             ctx.restore(snapshot)  # a half-walked graph would be inconsistent
             notes.append(f"training-mode trace failed ({type(exc).__name__}: {exc}); branches that run "
                          f"only in training mode were not analyzed, so use the pruned model in eval mode")
+    _freeze_unread(ctx)
     for name, why in ctx.opaque.items():
         notes.append(f"`{name}` was kept whole (opaque): {why}")
     missing = sorted(all_params - reached)

@@ -119,31 +119,52 @@ class DependencyGraph:
         return [g for g in self.groups if g.prunable]
 
     # -- surgery ------------------------------------------------------------------------------
-    def prune(self, plan: Mapping[Group, Sequence[int]], *, validate: bool = True) -> dict:
+    def prune(self, plan: Mapping[Group, Sequence[int]], *, validate: bool = True, verify=True) -> dict:
         """Remove the given channels of each group, all or nothing. Returns the kept indices
         per ``"name:dim"``. The graph is stale afterwards: build a new one to go on.
 
-        With ``validate`` (default) the pruned model is run once on the example inputs (on meta
-        tensors, so without real compute); if it fails or its output structure changed, the
-        surgery is undone and ``SurgeryError`` is raised: a broken model never comes out."""
+        ``verify`` (default True): the pruned model is compared with the original whose removed
+        slices are zeroed, on the example inputs (see :mod:`depgraph_prune.verify`). Groups whose
+        pruning changes the output are frozen (``group.reason`` says why, the record's
+        ``"verification"`` entry lists them) and the rest is pruned; ``verify="raise"`` raises
+        :class:`~depgraph_prune.verify.VerificationError` instead, the model restored;
+        ``verify=False`` skips the comparison. ``validate`` (with ``verify=False``): the pruned
+        model is still run once on meta tensors; if it fails or its output structure changed,
+        the surgery is undone and ``SurgeryError`` is raised: a broken model never comes out."""
         from .._memory import release_free_memory
         from ..surgery import apply_plan, check_runs
+        from .. import verify as _verify
         if getattr(self, "_stale", False):
             raise PruningError("this graph was already used to prune its model; build a new graph")
-        record = apply_plan(self, plan)
-        if validate and record:
-            try:
-                problem = check_runs(self.model, self.example_inputs, self._output_structure)
-            except Exception as exc:  # whatever goes wrong here, the model goes back as it was
-                problem = f"{type(exc).__name__}: {exc}"
-            if problem:
-                record["undo"]()
-                raise SurgeryError(f"the pruned model failed its check ({problem}); the surgery was undone. "
-                                   f"Please report this model: a coupling rule is missing a case.")
+        if verify not in (True, False, "raise"):
+            raise PruningError(f"verify must be True, False or 'raise', got {verify!r}")
+        if verify:
+            record, report = _verify.apply(self, plan, mode=verify, keep_partial=True)
+            self.last_verification = report
+            self.freeze_groups(report.guilty)
+        else:
+            self.last_verification = None
+            record = apply_plan(self, plan)
+            if validate and record:
+                try:
+                    problem = check_runs(self.model, self.example_inputs, self._output_structure)
+                except Exception as exc:  # whatever goes wrong here, the model goes back as it was
+                    problem = f"{type(exc).__name__}: {exc}"
+                if problem:
+                    record["undo"]()
+                    raise SurgeryError(f"the pruned model failed its check ({problem}); the surgery was undone. "
+                                       f"Please report this model: a coupling rule is missing a case.")
         record.pop("undo", None)  # with it go the removed channels the undo kept
         release_free_memory()
-        self._stale = True
+        if record:
+            self._stale = True
         return record
+
+    def freeze_groups(self, reasons: Mapping[int, str]) -> None:
+        """Mark groups (by index) as not prunable, with a reason (e.g. the numerical check's)."""
+        by_index = {g.index: g for g in self.groups}
+        for gi, reason in reasons.items():
+            by_index[gi].verify_reason = reason
 
 
 def _out_key(name: str, mod: nn.Module) -> tuple[str, int]:

@@ -65,15 +65,20 @@ class Group:
         self.frozen_reasons = frozen_reasons
         self.n_frozen = n_frozen
         self._comps = comps  # component id of each prunable channel
+        self.verify_reason: str | None = None  # set when the numerical check refused this group
 
     @property
     def prunable(self) -> bool:
+        if self.verify_reason:
+            return False
         # removing one channel must leave every member non-empty
         return self.size > 1 or (self.size == 1 and self.n_frozen > 0)
 
     @property
     def reason(self) -> str | None:
         """Why (some of) the group's channels are frozen, or None if none is."""
+        if self.verify_reason:
+            return self.verify_reason
         if not self.frozen_reasons:
             return None if self.size > 1 else ("a single channel cannot be pruned" if self.size == 1 else None)
         return self.frozen_reasons.most_common(1)[0][0]
@@ -87,9 +92,18 @@ class Group:
                 seen.append(owner)
         return seen
 
-    def prune(self, channels: Sequence[int]) -> None:
-        """Remove exactly these channels from every member, in the user's model, all or nothing."""
-        self._graph.prune({self: list(channels)})
+    def prune(self, channels: Sequence[int], *, verify=True) -> None:
+        """Remove exactly these channels from every member, in the user's model, all or nothing.
+
+        With ``verify`` (default) the pruned model must compute what the original computes with
+        these channels zeroed (see :mod:`depgraph_prune.verify`); if it does not, nothing is
+        pruned, the group is frozen and :class:`~depgraph_prune.verify.VerificationError` is raised."""
+        from ..verify import VerificationError
+        self._graph.prune({self: list(channels)}, verify=verify)
+        report = getattr(self._graph, "last_verification", None)
+        if report is not None and self.index in report.guilty:
+            raise VerificationError(f"group {self.index} ({self.members[0].name}): {report.guilty[self.index]}; "
+                                    "nothing was pruned")
 
     def __repr__(self) -> str:
         return f"<Group {self.index}: {self.size} prunable channels, {len(self.members)} members>"

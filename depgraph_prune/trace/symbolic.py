@@ -69,6 +69,9 @@ class _Attribute(_SequenceLength, fx.proxy.Attribute):
 class _Tracer(fx.Tracer):
     def __init__(self, leaf_types: tuple[type, ...], leaf_names: frozenset[str], meta_args: tuple = ()):
         super().__init__()
+        # buffers become get_attr nodes (not constants folded from their values), so the rules
+        # see them and the surgeon can slice them (FrozenBatchNorm2d, `self.slopes * self.dist`)
+        self.proxy_buffer_attributes = True
         self._meta_args = meta_args
         self._evaluating = False
         self.decided: list[str] = []  # nodes whose concrete value decided an `if`/`assert`
@@ -240,12 +243,27 @@ def structural_copy(model: nn.Module) -> nn.Module:
                 state[k] = type(v)((n, tensor(t)) for n, t in v.items())
             elif k == "_modules":
                 state[k] = type(v)((n, None if c is None else module(c)) for n, c in v.items())
+            elif k in _FORWARD_HOOK_DICTS:
+                # user hooks must not run on the analysis copy (their side effects would reach the
+                # user's objects with meta tensors); the modules they sit on are frozen instead.
+                # Weight-norm's pre-hook computes the weight, so it stays.
+                state[k] = OrderedDict((i, h) for i, h in v.items() if _computes_weights(h))
             else:
                 state[k] = v.copy() if type(v) is OrderedDict else value(v)  # hook dicts and the like
         object.__setattr__(out, "__dict__", state)
         return out
 
     return module(model)
+
+
+_FORWARD_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
+                       "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called")
+
+
+def _computes_weights(hook) -> bool:
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+    return isinstance(hook, (WeightNorm, SpectralNorm))
 
 
 _PLAIN: dict[type, bool] = {}

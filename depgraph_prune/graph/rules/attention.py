@@ -8,10 +8,13 @@ of q, k and v and to the output projection. Then, by the graph's ``attention`` o
 * ``"heads"`` (default): remove *whole heads*: ``head_dim`` (and with it the softmax scale) stays
   as it was, so removing a dead head preserves the function; ``num_heads`` shrinks.
 * ``"head_dim"``: remove position ``j`` of every head together: ``num_heads`` stays, ``head_dim``
-  shrinks, and the module's own scale ``1/sqrt(head_dim)`` follows the new width.
+  shrinks. The module divides by ``sqrt(head_dim)`` of the new width, so the surgeon scales the
+  query projection rows by ``sqrt(new head_dim / old head_dim)``: the logits, and with them the
+  function, stay as they were.
 """
 from __future__ import annotations
 
+import numpy as np
 from torch import nn
 
 from ..registry import module_rule
@@ -52,6 +55,10 @@ def _mha(ctx, node, module, args, kwargs, out):
     if ctx.attention == "head_dim":
         ctx.atoms.tie_along(grid, (0,), f"per-head dims of {ctx.where()} (attention='head_dim')")
         ctx.width_atoms(name, "head_dim", grid[0])
+        # the module divides q·k by sqrt(head_dim): scaling the q rows by sqrt(new/old) keeps the
+        # logits, so removing dead per-head positions preserves the function
+        ctx.keep_scale(grid[0], [(f"{name}.in_proj_weight", 0, np.arange(E))]
+                       + ([(f"{name}.in_proj_bias", 0, np.arange(E))] if b_in is not None else []))
     else:
         ctx.atoms.tie_along(grid.T, (0,), f"attention heads of {ctx.where()}")
         ctx.width_atoms(name, "num_heads", grid[:, 0])

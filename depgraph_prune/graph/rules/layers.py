@@ -158,7 +158,7 @@ def layernorm_core(ctx, x, k, w, b, out):
             if isinstance(t, TV):
                 ctx.union(x.atoms(d), t.atoms(i), "layer norm parameter")
         if x.tracked(d):
-            ctx.normalizing.append(x.track[d])
+            ctx.normalizes(x.track[d], affine_norm=True)
     out.track = dict(x.track)
     return out
 
@@ -184,6 +184,34 @@ def _layernorm_f(ctx, node, args, kwargs, out):
     return layernorm_core(ctx, x, k, w, b, out)
 
 
+if hasattr(nn, "RMSNorm"):
+    @module_rule(nn.RMSNorm)
+    def _rmsnorm_module(ctx, node, module, args, kwargs, out):
+        name = node.target
+        k = len(module.normalized_shape)
+        w = ctx.param_tv(name, "weight", tuple(range(k)))
+        x = args[0]
+        for i in range(k):
+            ctx.width_atoms(name, f"normalized_shape[{i}]", x.atoms(x.ndim - k + i))
+        return layernorm_core(ctx, x, k, w, None, out)
+
+if hasattr(F, "rms_norm"):
+    @function_rule(F.rms_norm)
+    def _rmsnorm_f(ctx, node, args, kwargs, out):
+        x = args[0]
+        shape = _arg(args, kwargs, 1, "normalized_shape")
+        w = _arg(args, kwargs, 2, "weight")
+        k = len(shape)
+        owner = _owner(ctx, w)
+        if isinstance(getattr(owner, "normalized_shape", None), (tuple, list, torch.Size)) \
+                and tuple(owner.normalized_shape) == tuple(shape):
+            for i in range(k):
+                ctx.width_atoms(w.origin.rsplit(".", 1)[0], f"normalized_shape[{i}]", x.atoms(x.ndim - k + i))
+        else:
+            ctx.freeze_dims(x, range(x.ndim - k, x.ndim), f"rms_norm with a constant normalized_shape at {ctx.where()}")
+        return layernorm_core(ctx, x, k, w if isinstance(w, TV) else None, None, out)
+
+
 def _owner(ctx, t):
     if isinstance(t, TV) and t.origin and "." in t.origin:
         return ctx.modules.get(t.origin.rsplit(".", 1)[0])
@@ -200,9 +228,9 @@ def groupnorm_core(ctx, x, groups, w, b, out, can_drop_groups):
     elif groups > 1:
         # same positions in every group: the group count stays, channels stay divisible
         ctx.atoms.tie_along(ch.reshape(groups, -1), (0,), f"group norm at {ctx.where()}")
-        ctx.normalizing.append(ch)
+        ctx.normalizes(ch, affine_norm=True)
     else:
-        ctx.normalizing.append(ch)
+        ctx.normalizes(ch, affine_norm=True)
     return channel_affine(ctx, x, [w, b], out)
 
 
@@ -366,7 +394,7 @@ def _softmax_module(ctx, node, module, args, kwargs, out):
     x = args[0]
     dim = getattr(module, "dim", None)
     if dim is not None and x.tracked(dim):
-        ctx.normalizing.append(x.track[dim % x.ndim])
+        ctx.normalizes(x.track[dim % x.ndim])
     return passthrough(ctx, node, (x,), {}, out)
 
 

@@ -62,10 +62,21 @@ def broadcast_track(ctx, inputs, out_shape) -> dict[int, np.ndarray]:
     return track
 
 
+def widths_as_values(ctx, values) -> None:
+    """A width read as a number and used as data (``y * y.shape[1] ** -0.5``, ``clamp(max=n)``)
+    changes the function when it shrinks: pin it."""
+    for v in values:
+        if isinstance(v, (Sym, Opaque)):
+            ctx.atoms.freeze(v.atoms, f"a width is used as a value (not a shape) at {ctx.where()}")
+        elif isinstance(v, (list, tuple)):
+            widths_as_values(ctx, v)
+
+
 def elementwise(ctx, node, args, kwargs, out):
     ins = tensors(*args, *kwargs.values())
     if not ins:
         return scalar_math(ctx, node, args, kwargs, out)
+    widths_as_values(ctx, list(args) + list(kwargs.values()))
     if not isinstance(out, TV):
         ctx.freeze(ins, f"unexpected output of {ctx.where()}")
         return out
@@ -79,6 +90,7 @@ def passthrough(ctx, node, args, kwargs, out):
     others = tensors(*args[1:], *kwargs.values())
     if not isinstance(x, TV):
         return scalar_math(ctx, node, args, kwargs, out)
+    widths_as_values(ctx, list(args[1:]) + list(kwargs.values()))
     if others or not isinstance(out, TV) or out.shape != x.shape:
         return elementwise(ctx, node, args, kwargs, out)
     out.track = dict(x.track)
@@ -103,7 +115,6 @@ _UNARY_FUNCS = [torch.relu, torch.relu_, F.relu, F.relu6, F.relu_, F.gelu, F.sil
                 F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout, torch.exp, torch.log,
                 torch.sqrt, torch.rsqrt, torch.abs, torch.neg, operator.neg, operator.pos, torch.clamp,
                 torch.clip, torch.erf, torch.square, torch.sign, torch.sin, torch.cos, torch.reciprocal,
-                torch.nn.functional.softmax, torch.softmax, F.log_softmax, torch.log_softmax,
                 F.normalize, torch.zeros_like, torch.ones_like, torch.empty_like, torch.rand_like,
                 torch.randn_like, torch.full_like, torch.clone, torch.detach, torch.nan_to_num,
                 torch.floor, torch.ceil, torch.round, torch.trunc, torch.frac, torch.exp2, torch.log2,
@@ -112,7 +123,7 @@ _UNARY_FUNCS = [torch.relu, torch.relu_, F.relu, F.relu6, F.relu_, F.gelu, F.sil
                 F.rrelu, F.tanhshrink, F.softshrink, F.hardshrink, F.silu]
 _UNARY_METHODS = ["relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp", "exp_", "log", "sqrt",
                   "rsqrt", "abs", "neg", "clamp", "clamp_", "clip", "clamp_min", "clamp_max", "erf",
-                  "square", "sign", "softmax", "log_softmax", "contiguous", "clone", "detach", "detach_",
+                  "square", "sign", "contiguous", "clone", "detach", "detach_",
                   "float", "double", "half", "bfloat16", "to", "type", "type_as", "cpu", "cuda",
                   "requires_grad_", "zero_", "fill_", "normal_", "uniform_", "sin", "cos", "reciprocal",
                   "floor", "ceil", "round", "trunc", "exp2", "log2", "log1p", "expm1", "bool", "int",
@@ -174,6 +185,11 @@ def scalar_math(ctx, node, args, kwargs, out):
 @function_rule(builtins.getattr)
 def _getattr(ctx, node, args, kwargs, out):
     x, name = args[0], args[1]
+    if isinstance(x, IndexedResult):
+        if name == "values":
+            return x[0]
+        _indices_used(ctx, x)
+        return x[1] if name == "indices" else None
     if isinstance(x, TV):
         if name == "shape":
             return tuple(Sym(x.track[d]) if d in x.track else x.shape[d] for d in range(x.ndim))
@@ -217,6 +233,8 @@ def _getitem(ctx, node, args, kwargs, out):
     x, idx = args
     if isinstance(x, TV):
         return tensor_index(ctx, x, idx, out)
+    if isinstance(x, IndexedResult) and not (isinstance(idx, int) and idx == 0):
+        _indices_used(ctx, x)
     if isinstance(x, (tuple, list)):
         if isinstance(idx, slice):
             return x[idx]
@@ -438,7 +456,10 @@ def _expand(ctx, node, args, kwargs, out):
         if d in x.track and x.shape[d] != 1 and not (s == INFER or isinstance(s, Sym)):
             ctx.atoms.freeze(x.track[d], f"expand to a constant size at {ctx.where()}")
         if isinstance(s, Sym) and d in x.track:
-            ctx.union(x.track[d], s.atoms, "expand")
+            if x.shape[d] == 1:  # one position broadcast to a width: it cannot follow that width
+                ctx.atoms.freeze(x.track[d], f"a 1-wide prunable dim is expanded at {ctx.where()}")
+            else:
+                ctx.union(x.track[d], s.atoms, "expand")
     out.track = {off + d: a for d, a in x.track.items() if x.shape[d] != 1}
     for j, s in enumerate(sizes):
         d = j - off
@@ -608,6 +629,32 @@ def _slice_atoms(ctx, atoms, s: slice):
     return atoms[s]
 
 
+@function_rule(F.softmax, torch.softmax, F.log_softmax, torch.log_softmax, F.softmin)
+@method_rule("softmax", "log_softmax")
+def _softmax(ctx, node, args, kwargs, out):
+    """Softmax over a prunable dim normalizes over it: removing a channel is not zeroing it."""
+    x = args[0]
+    dim = _arg(args, kwargs, 1, "dim")
+    if isinstance(x, TV) and isinstance(dim, int) and x.tracked(dim):
+        ctx.normalizes(x.track[dim % x.ndim])
+    return passthrough(ctx, node, (x,), {}, out)
+
+
+class IndexedResult(tuple):
+    """``(values, indices)`` of ``max``/``min``/``sort``/``topk``/``mode`` over a prunable dim:
+    the values are a reduction, the indices count positions along that dim, so using them
+    (``idx == e``, gathering with them) pins it."""
+
+    def __new__(cls, items, atoms, where):
+        obj = super().__new__(cls, items)
+        obj.atoms, obj.where = atoms, where
+        return obj
+
+
+def _indices_used(ctx, res: IndexedResult):
+    ctx.atoms.freeze(res.atoms, f"indices over a prunable dim are used as data at {res.where}")
+
+
 # --- reductions ---------------------------------------------------------------------------
 _REDUCE_FUNCS = [torch.var_mean, torch.std_mean, torch.mean, torch.sum, torch.amax, torch.amin, torch.std, torch.var, torch.logsumexp,
                  torch.norm, torch.prod, torch.argmax, torch.argmin, torch.nansum, torch.nanmean]
@@ -629,8 +676,15 @@ def reduction(ctx, node, args, kwargs, out):
     keepdim = bool(_arg(args, kwargs, 2, "keepdim", False)) if name != "norm" else bool(kwargs.get("keepdim", False))
     dims = list(range(x.ndim)) if dim is None else ([dim] if isinstance(dim, int) else list(dim))
     dims = {d % x.ndim for d in dims}
+    if name in ("argmax", "argmin") and any(d in x.track for d in dims):
+        # the result counts positions along the prunable dim (a router's chosen expert)
+        for d in dims:
+            if d in x.track:
+                ctx.atoms.freeze(x.track[d], f"{name} over a prunable dim at {ctx.where()} (its result is a position)")
     if name not in _PRESERVING and any(d in x.track for d in dims):
-        ctx.normalizing.extend(x.track[d] for d in dims if d in x.track)
+        for d in dims:
+            if d in x.track:
+                ctx.normalizes(x.track[d])
     track = {}
     for d, a in x.track.items():
         if d in dims:
@@ -641,6 +695,10 @@ def reduction(ctx, node, args, kwargs, out):
     for o in outs:
         if isinstance(o, TV):
             o.track = dict(track)
+    reduced = [x.track[d] for d in dims if d in x.track]
+    if isinstance(out, (tuple, list)) and len(out) == 2 and reduced:  # (values, indices)
+        outs[1].track = {}
+        return IndexedResult(out, np.concatenate(reduced), ctx.where())
     return out
 
 
@@ -674,19 +732,43 @@ def _sdpa(ctx, node, args, kwargs, out):
     q, k, v = args[0], args[1], args[2]
     ctx.union(q.atoms(-1), k.atoms(-1), "attention q·k")
     ctx.union(k.atoms(-2), v.atoms(-2), "attention keys/values")
-    mask = _arg(args, kwargs, 3, "attn_mask")
-    if isinstance(mask, TV):
-        ctx.freeze(mask, f"attention mask at {ctx.where()}")
+    scale = _arg(args, kwargs, 6, "scale")
+    if scale is None:
+        # the default scale 1/sqrt(E) follows the head width: pruning it would change the function
+        ctx.freeze_dims(q, [-1], f"the default scale 1/sqrt(head width) of {ctx.where()} reads the "
+                                 "head width (pass scale= to keep it constant)")
+    else:
+        widths_as_values(ctx, [scale])
     kv = TV(v.shape[:-2], {d: t for d, t in v.track.items() if d < v.ndim - 2})
     kb = TV(k.shape[:-2], {d: t for d, t in k.track.items() if d < k.ndim - 2})
     qb = TV(q.shape[:-2], {d: t for d, t in q.track.items() if d < q.ndim - 2})
+    batch = tuple(builtins.max(a, b) for a, b in zip(q.shape[:-2], k.shape[:-2]))
     track = broadcast_track(ctx, [qb, kb, kv], out.shape[:-2])
+    mask = _arg(args, kwargs, 3, "attn_mask")
+    if isinstance(mask, TV):
+        # the mask (a relative-position bias per head) lines up with the attention logits
+        # (batch..., queries, keys): its head dim goes with the heads
+        logits = TV(batch + (q.shape[-2], k.shape[-2]),
+                    {**{d: a for d, a in track.items()},
+                     **({len(batch): q.track[q.ndim - 2]} if q.tracked(-2) else {}),
+                     **({len(batch) + 1: k.track[k.ndim - 2]} if k.tracked(-2) else {})})
+        broadcast_track(ctx, [logits, mask], logits.shape)
     if q.tracked(-2):
         track[out.ndim - 2] = q.track[q.ndim - 2]
     if v.tracked(-1):
         track[out.ndim - 1] = v.track[v.ndim - 1]
     out.track = track
     return out
+
+
+@function_rule(F.glu)
+def _glu(ctx, node, args, kwargs, out):
+    """``a * sigmoid(b)`` of the two halves along ``dim``: position j of both halves goes together."""
+    x = args[0]
+    dim = _arg(args, kwargs, 1, "dim", -1)
+    halves = [TV(out.shape), TV(out.shape)]
+    a, b = _split_parts(ctx, x, halves, dim, equal=True)
+    return elementwise(ctx, node, (a, b), {}, out)
 
 
 @function_rule(torch.einsum)

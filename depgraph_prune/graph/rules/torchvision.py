@@ -43,7 +43,12 @@ if _swin is not None:
             ctx.union(a["qkv_bias"].atoms(0).reshape(3, c), rows, "window attention bias")
         for inner in (rows[0], rows[1], rows[2], wp.atoms(1)):
             ctx.union(inner, stream, "window attention width (inner width equals C)")
-        ctx.atoms.tie_along(stream.reshape(heads, c // heads), (0,), f"heads of {ctx.where()}")
+        rep = ctx.atoms.tie_along(stream.reshape(heads, c // heads), (0,), f"heads of {ctx.where()}")
+        if not isinstance(a["logit_scale"], TV) and wq.origin:
+            # v1 scales q by (C // num_heads) ** -0.5 of the new width: scale the q rows back
+            qb = a["qkv_bias"]
+            ctx.keep_scale(rep, [(wq.origin, 0, np.arange(c))]
+                           + ([(qb.origin, 0, np.arange(c))] if isinstance(qb, TV) and qb.origin else []))
         if isinstance(a["proj_bias"], TV):
             ctx.union(a["proj_bias"].atoms(0), wp.atoms(0), "window attention output bias")
         out.track = clean_track({out.ndim - 1: wp.atoms(0)})
