@@ -13,8 +13,9 @@ layer scales, mixture-of-experts routers with top-k or argmax).
   the traced sequence length and at the longest one the model accepts (``MAX_T``).
   Groups holding a norm's weight (the residual stream of a model with RMSNorm / LayerNorm, the
   per-head dims under qk-norm) are normalized, so the equality cannot hold for them: they are
-  pruned in their own rounds with the shape and width checks only. Every other group, in every
-  model, gets the exact check.
+  pruned in their own rounds with the shape and width checks only (and with numerical
+  verification on, which must accept them). Every other group, in every model, gets the exact
+  check, pruned with ``verify=False`` so that the coupling rules themselves are tested.
 
 The same helpers as ``test_property.py`` (the conv family); a failing example prints Python code
 that rebuilds its model. ``DP_PROPERTY_SCALE`` / ``DP_PROPERTY_RANDOM`` work the same way.
@@ -64,14 +65,17 @@ def long_input(spec):
 
 def zero_and_prune_tokens(model, x, graph, plan, normalizing, spec):
     """``_zero_and_prune`` (zero the plan's slices, prune, same output), and the same equality at
-    the longest sequence length."""
+    the longest sequence length. Exact groups are pruned with ``verify=False``: what the rules
+    call prunable must be exact by itself (the verification safety net has its own tests, and
+    cannot see other sequence lengths). Normalized groups are pruned with verification on: the
+    verifier must accept these correct prunes."""
     x_long = long_input(spec)
     with torch.no_grad():
         for g, chans in plan.items():
             for m, t in member_params(model, g):
                 t.index_fill_(m.dim, m.indices(chans), 0)
     y_long = forward(model, x_long)
-    _zero_and_prune(model, x, graph, plan, normalizing)  # zeroing again is a no-op
+    _zero_and_prune(model, x, graph, plan, normalizing, verify=normalizing)  # zeroing again: a no-op
     try:
         y_long_pruned = forward(model, x_long)
     except RuntimeError as e:
