@@ -606,10 +606,25 @@ def tensor_index(ctx, x: TV, idx, out):
     return out
 
 
+def _sym_value(v):
+    """The traced value of a slice bound: ints and None as they are, a Sym as its width x scale."""
+    if isinstance(v, Sym):
+        return math.floor(np.asarray(v.atoms).size * v.scale)
+    return v
+
+
 def _slice_atoms(ctx, atoms, s: slice):
     start, stop, step = s.start, s.stop, s.step
     if any(isinstance(v, (Sym, Opaque)) for v in (start, stop, step)):
-        ctx.freeze([atoms, start, stop, step], f"slice bounds computed from a width at {ctx.where()}")
+        # the bound follows another tensor's size (`self.pos[:, :x.size(1)]`, `x[..., :x.shape[-1] // 2]`):
+        # positions it leaves out in the trace may be read at another size, so the whole dim is fixed
+        why = f"slice bounds computed from a width at {ctx.where()}"
+        ctx.freeze([start, stop, step], why)
+        ctx.atoms.freeze(atoms, why)
+        # the output keeps the traced slice's length: a Sym's traced value is its width times its
+        # scale; an Opaque bound has no known value (the caller's shape check then fails: frozen)
+        if all(isinstance(v, (int, Sym)) or v is None for v in (start, stop, step)):
+            return atoms[slice(*(_sym_value(v) for v in (start, stop, step)))]
         return atoms[s.start if isinstance(s.start, int) else None:]
     size = len(atoms)
     if step not in (None, 1):
