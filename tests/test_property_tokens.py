@@ -180,13 +180,13 @@ def _function_preservation(spec, data):
 # ---------------------------------------------------------------------------------------------
 # the tests: a modest default run, a bigger sweep behind -m slow
 # ---------------------------------------------------------------------------------------------
-@_settings(60)
+@_settings(40)
 @given(spec=token_archs(), ratio=st.floats(0.1, 0.9))
 def test_token_pruned_model_runs_and_keeps_shape(spec, ratio):
     _prune_runs_and_keeps_shape(spec, ratio)
 
 
-@_settings(100)
+@_settings(80)
 @given(spec=token_archs(), data=st.data())
 def test_token_function_preservation(spec, data):
     _function_preservation(spec, data)
