@@ -15,7 +15,7 @@ Gemma / T5): ``x * self.embed_scale`` (a number fixed at construction), ``x * x.
 or ``x * math.sqrt(self.hidden_dim)`` (both from the width).
 
 Blocks (pre-norm residual, ``x = x + f(norm(x))``, optionally with a layer scale
-``self.gamma * f(...)``):
+``self.gamma * f(...)``; or post-norm, ``norm(x + f(x))``):
 
 - ``attn``: separate q/k/v Linears, a fused qkv Linear split by sizes
   (``split([q, kv, kv], -1)``), by a width attribute (``split(self.inner_dim, -1)``) or
@@ -30,7 +30,9 @@ Blocks (pre-norm residual, ``x = x + f(norm(x))``, optionally with a layer scale
   ``self.scale = self.head_dim ** -0.5``, ``q.size(-1) ** -0.5``, ``/ math.sqrt(self.head_dim)``
   or ``/ math.sqrt(k.size(-1))``) with an optional causal mask (nanoGPT's ``tril`` buffer sliced
   by the length, or built in forward), or ``F.scaled_dot_product_attention`` (``is_causal``)
-  with or without ``scale=``.
+  with or without ``scale=``, or ``torch.einsum`` for both products. Heads may also come from
+  ``unflatten(-1, (-1, self.head_dim))``.
+- ``parallel``: attention and an MLP side by side on one norm, ``x + attn(h) + mlp(h)`` (GPT-J).
 - ``mlp``: SwiGLU ``down(silu(gate(x)) * up(x))``, a fused ``gate_up`` Linear split by
   ``chunk(2, -1)``, ``fc2(gelu(fc1(x)))`` or ``fc2(F.glu(fc1(x), -1))``.
 - ``moe``: a router Linear and a ModuleList of experts (small SwiGLU / GELU MLPs), every expert
@@ -150,7 +152,7 @@ class Attention(nn.Module):
         if p["qk_norm"]:
             self.q_norm = RMSNorm(D)
             self.k_norm = RMSNorm(D)
-        if p["scale"] in ("const", "sdpa_scale"):
+        if p["scale"] in ("const", "sdpa_scale", "einsum"):
             self.scale = self.head_dim ** -0.5
         if p["rope"] != "none":
             inv_freq = 1.0 / (10000 ** (torch.arange(0, D, 2, dtype=torch.float64) / D))
@@ -171,6 +173,8 @@ class Attention(nn.Module):
             t = t.view(B, T, -1, self.head_dim)
         elif view == "heads":
             t = t.view(B, T, n, self.head_dim)
+        elif view == "unflatten":
+            t = t.unflatten(-1, (-1, self.head_dim))
         else:  # "hf"
             input_shape = x.shape[:-1]
             hidden_shape = (*input_shape, -1, self.head_dim)
@@ -225,6 +229,11 @@ class Attention(nn.Module):
         elif scale == "sdpa_scale":
             y = F.scaled_dot_product_attention(q, k, v, is_causal=bool(p["causal"]), scale=self.scale,
                                                enable_gqa=self.n_rep > 1 and p["gqa"] == "sdpa")
+        elif scale == "einsum":
+            att = torch.einsum("bhqd,bhkd->bhqk", q, k) * self.scale
+            if p["causal"]:
+                att = att.masked_fill(~att.new_ones((T, T), dtype=torch.bool).tril(), float("-inf"))
+            y = torch.einsum("bhqk,bhkd->bhqd", att.softmax(dim=-1), v)
         else:
             if scale == "const":
                 att = (q @ k.transpose(-2, -1)) * self.scale
@@ -324,18 +333,26 @@ class MoE(nn.Module):
 
 
 class TokenBlock(nn.Module):
-    """``x + [gamma *] f(norm(x))``."""
+    """``x + [gamma *] f(norm(x))`` (pre-norm), ``norm(x + f(x))`` (post-norm, BERT), or for
+    ``parallel``, ``x + attn(norm(x)) + mlp(norm(x))`` with one norm (GPT-J, PaLM)."""
 
     def __init__(self, c: int, kind: str, p: dict):
         super().__init__()
         self.norm = make_norm(p["norm"], c)
-        self.f = {"attn": Attention, "mlp": MLP, "moe": MoE}[kind](c, p)
+        self.post_norm = p.get("post_norm", False)
+        if kind == "parallel":
+            self.f, self.g = Attention(c, p["attn"]), MLP(c, p["mlp"])
+        else:
+            self.f, self.g = {"attn": Attention, "mlp": MLP, "moe": MoE}[kind](c, p), None
         self.layer_scale = p["layer_scale"]
         if self.layer_scale:
             self.gamma = nn.Parameter(torch.ones(c))
 
     def forward(self, x):
-        y = self.f(self.norm(x))
+        if self.post_norm:
+            return self.norm(x + self.f(x))
+        h = self.norm(x)
+        y = self.f(h) if self.g is None else self.f(h) + self.g(h)
         if self.layer_scale:
             return x + self.gamma * y
         return x + y
@@ -445,11 +462,12 @@ def _attn_block(draw, c):
     qkv = draw(st.sampled_from(["separate", "separate", "split_sizes", "split_attr", "chunk"]))
     if qkv in ("split_attr", "chunk") and kv_heads != heads:
         qkv = "split_sizes"
-    scale = draw(st.sampled_from(["const", "size", "sqrt", "ksize", "sdpa", "sdpa_scale"]))
+    scale = draw(st.sampled_from(["const", "size", "sqrt", "ksize", "sdpa", "sdpa_scale", "einsum"]))
     gqa = draw(st.sampled_from(["repeat_interleave", "repeat_kv"] + (["sdpa"] if scale.startswith("sdpa") else [])))
     return {"norm": draw(st.sampled_from(NORMS)), "layer_scale": draw(st.booleans()),
+            "post_norm": draw(st.integers(0, 4)) == 0,
             "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim, "qkv": qkv, "bias": draw(st.booleans()),
-            "view": draw(st.sampled_from(["infer", "heads", "hf"])),
+            "view": draw(st.sampled_from(["infer", "heads", "hf", "unflatten"])),
             "gqa": gqa,
             "rope": rope, "rotate": draw(st.sampled_from(["const", "shape"])),
             "qk_norm": draw(st.integers(0, 4)) == 0,
@@ -461,6 +479,7 @@ def _attn_block(draw, c):
 @st.composite
 def _mlp_block(draw, c):
     return {"norm": draw(st.sampled_from(NORMS)), "layer_scale": draw(st.booleans()),
+            "post_norm": draw(st.integers(0, 4)) == 0,
             "kind": draw(st.sampled_from(["swiglu", "swiglu", "fused", "gelu", "glu"])),
             "hidden": draw(st.integers(2, 32)), "bias": draw(st.booleans())}
 
@@ -475,11 +494,18 @@ def _moe_block(draw, c):
             "hidden": tuple(draw(st.integers(2, 12)) for _ in range(e))}
 
 
-_BLOCKS = {"attn": _attn_block, "mlp": _mlp_block, "moe": _moe_block}
+@st.composite
+def _parallel_block(draw, c):
+    attn, mlp = draw(_attn_block(c)), draw(_mlp_block(c))
+    return {"norm": attn["norm"], "layer_scale": attn["layer_scale"], "attn": attn, "mlp": mlp}
+
+
+_BLOCKS = {"attn": _attn_block, "mlp": _mlp_block, "moe": _moe_block, "parallel": _parallel_block}
 
 
 @st.composite
-def token_archs(draw, max_blocks: int = 4, kinds: tuple[str, ...] = ("attn", "attn", "mlp", "mlp", "moe")) -> dict:
+def token_archs(draw, max_blocks: int = 4,
+                kinds: tuple[str, ...] = ("attn", "attn", "mlp", "mlp", "moe", "parallel")) -> dict:
     """Draw a token-model spec (see the module docstring)."""
     c = draw(st.integers(MIN_C, MAX_C))
     ids = draw(st.booleans())
