@@ -1783,3 +1783,37 @@ def test_slice_bounds_from_the_width_itself_freeze_it_with_a_reason():
     assert not g.prunable and "slice bounds computed from a width" in g.reason, graph.summary()
     # one space: the halves keep their traced widths, so cat and the product still couple a and b
     assert {(m.name, m.dim) for m in g.members} >= {("a.weight", 0), ("b.weight", 1)}, graph.summary()
+
+
+class _SequenceTables(nn.Module):
+    """nanoGPT / early-Llama style tables read up to the sequence length (a plain int here: the
+    embedding's sequence dim is not a channel)."""
+
+    def __init__(self, c=8, max_t=10):
+        super().__init__()
+        self.embed, self.fc, self.head = nn.Embedding(20, c), nn.Linear(c, 6), nn.Linear(6, 3)
+        self.pos = nn.Parameter(torch.randn(1, max_t, c))
+        self.register_buffer("cos_cached", torch.randn(max_t, c))
+        self.register_buffer("mask", torch.tril(torch.ones(max_t, max_t)).view(1, max_t, max_t))
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        T = x.size(1)
+        x = (x + self.pos[:, :T]) * self.cos_cached[:T]
+        att = (x @ x.transpose(-2, -1)).masked_fill(self.mask[:, :T, :T] == 0, float("-inf")).softmax(-1)
+        return self.head(self.fc(att @ x))
+
+
+def test_tables_read_up_to_the_sequence_length_keep_every_row():
+    """Rows of a parameter / buffer past a constant slice end are unread only at the traced
+    length: none is prunable, so the pruned model still takes every length it took before."""
+    model = _SequenceTables().double()
+    graph = dp.build_graph(model, torch.randint(0, 20, (2, 5)))
+    for name, dim in (("pos", 1), ("cos_cached", 0), ("mask", 1), ("mask", 2)):
+        g, = [g for g in graph.groups if any((m.name, m.dim) == (name, dim) for m in g.members)]
+        assert g.size == 0 and g.n_frozen == 10, (name, dim, graph.summary())
+        assert "read up to position 5" in g.reason
+    g = graph.group_of("fc")
+    assert g.prunable and g.size == 6
+    g.prune([0, 3])
+    assert model(torch.randint(0, 20, (2, 10))).shape == (2, 10, 3)

@@ -640,8 +640,23 @@ def _slice_atoms(ctx, atoms, s: slice):
     if stop_open:
         ctx.atoms.freeze(atoms[:start_n], f"slice [{start}:] at {ctx.where()}")
         return atoms[start_n:]
+    table = _stored_tensor(ctx)
+    if table is not None:
+        # a parameter or buffer read up to a bound: `self.pos[:, :T]`, `self.mask[:, :, :T, :T]`,
+        # `self.cos_cached[:T]` with T the traced sequence length. The positions past it are unread
+        # only at the traced sizes; pruning them breaks (or silently changes) longer inputs.
+        ctx.atoms.freeze(atoms, f"`{table}` read up to position {stop} at {ctx.where()} (a table sliced by an "
+                                f"input's size: the rest is read at other sizes)")
+        return atoms[s]
     ctx.atoms.freeze(atoms[:stop], f"slice [{start}:{stop}] with a constant end at {ctx.where()}")
     return atoms[s]
+
+
+def _stored_tensor(ctx) -> str | None:
+    """The name of the parameter / buffer the current indexing node reads directly, if any."""
+    node = ctx.node
+    src = node.args[0] if node is not None and node.args else None
+    return src.target if getattr(src, "op", None) == "get_attr" else None
 
 
 @function_rule(F.softmax, torch.softmax, F.log_softmax, torch.log_softmax, F.softmin)
