@@ -1,6 +1,7 @@
 """The ``depgraph-prune`` command line (also ``python -m depgraph_prune``).
 
     depgraph-prune prune   --model resnet50 --ratio 0.5 [--out pruned.dpz] [--json] [--latency] [--plot widths.png]
+    depgraph-prune prune   --model fasterrcnn_resnet50_fpn --submodule backbone --importance taylor --calibration 4
     depgraph-prune inspect --model resnet50 [--group layer1.0.conv1] [--draw groups.png] [--dot graph.dot]
     depgraph-prune zoo     [--family resnet] [--kind classification] [--out zoo.md]
 
@@ -24,9 +25,7 @@ import inspect
 import json
 import math
 import os
-import statistics
 import sys
-import time
 import traceback
 from typing import Any
 
@@ -90,6 +89,19 @@ def _positive_int(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return n
+
+
+def parse_count(text: str) -> int:
+    """A MAC or parameter count: ``2e9``, ``1.5G``, ``300M``, ``20k``."""
+    t = text.strip().upper().replace("_", "")
+    scale = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}.get(t[-1:], 1)
+    try:
+        n = float(t[:-1] if scale != 1 else t) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count like 2e9, 1.5G or 300M, got {text!r}") from None
+    if not math.isfinite(n) or n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive count like 2e9, 1.5G or 300M, got {text!r}")
+    return int(n)
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -244,30 +256,112 @@ def _looks_like_path(spec: str) -> bool:
     return spec.endswith((".dpz", ".safetensors", ".pt", ".pth")) or os.sep in spec and ":" not in spec
 
 
-def load_model(spec: str, base: str | None = None):
+def _saved_header(path: str) -> dict | None:
+    """The header of a saved file, or None when it cannot be read (the load reports why)."""
+    try:
+        from . import io as dp_io
+        return dp_io.read_header(path)
+    except Exception:
+        return None
+
+
+def _guess_base(path: str, header: dict | None) -> list[str]:
+    """Architectures a saved file may come from: the ``arch`` its header records (files written
+    by ``prune --out``), else the torchvision models of the recorded class whose tensor names
+    are exactly the file's (built on the meta device: no memory, no weights)."""
+    if not header:
+        return []
+    if header.get("arch"):
+        return [str(header["arch"])]
+    cls = header.get("model")
+    if not cls:
+        return []
+    try:
+        import torch
+        import torchvision
+        from . import io as dp_io
+        _, _, tensors = dp_io._read_raw(path)
+        names = set(tensors) | set(header.get("aliases") or {})
+        found = []
+        for name in torchvision.models.list_models():
+            builder = torchvision.models.get_model_builder(name)
+            ret = inspect.signature(builder).return_annotation
+            if getattr(ret, "__name__", ret) != cls:
+                continue
+            with torch.device("meta"):
+                model = builder(weights=None)
+            mine = {n for n, _ in model.named_parameters(remove_duplicate=False)} | \
+                   {n for n, _ in model.named_buffers(remove_duplicate=False)}
+            if mine == names:
+                found.append(name)
+        return found
+    except Exception:  # a suggestion only: never fail the command over it
+        return []
+
+
+def _base_hint(path: str, base: str | None) -> str:
+    header = _saved_header(path)
+    guesses = [g for g in _guess_base(path, header) if g != base]
+    if guesses:
+        if header.get("arch"):
+            return f"The file was saved from {guesses[0]} (its header records it): pass --base {guesses[0]}."
+        return f"The file's tensors match {' or '.join(guesses)}: pass --base {guesses[0]}."
+    return "Check that --base names the architecture the file was saved from."
+
+
+def _load_hint(exc, path: str, base: str) -> str:
+    """What to do about a failed load, by its cause."""
+    from . import io as dp_io
+    text = str(exc)
+    if isinstance(exc, dp_io.ModelMismatchError):
+        return _base_hint(path, base)
+    if isinstance(exc, dp_io.FormatError):
+        if "checksum" in text:
+            return ("The file was changed or damaged after it was saved; write it again "
+                    "(depgraph-prune prune ... --out FILE, or dp.save).")
+        if "newer than" in text:
+            return "Upgrade depgraph-prune (pip install -U depgraph-prune) to read it."
+        if "holds a 'state'" in text:
+            return "It is a state file (dp.save_state); --model needs a model file (dp.save, prune --out)."
+        return "The file is damaged or was not written by depgraph-prune (prune --out, dp.save); write it again."
+    if dp_io._NO_SAFETENSORS in text:
+        return "Install it: pip install safetensors."
+    if "cannot read" in text:
+        return "Check the path and the file's permissions."
+    return _base_hint(path, base)
+
+
+def load_model(spec: str, base: str | None = None, submodule: str | None = None):
     """Resolve ``--model`` (and ``--base``): ``(model, example_inputs or None, name for defaults)``.
 
     A file is loaded with :func:`depgraph_prune.io.load` into a fresh ``base`` model (the pruning
-    record is replayed, then the weights are loaded)."""
+    record is replayed, then the weights are loaded); with ``submodule``, into that submodule of
+    it (a file written by ``prune --submodule``)."""
     if os.path.isfile(spec):
         if not base:
+            guesses = _guess_base(spec, _saved_header(spec))
+            example = f"--base {guesses[0]}" if guesses else "e.g. --base resnet50"
+            why = (f" (its header records {' or '.join(guesses)})" if guesses and
+                   (_saved_header(spec) or {}).get("arch") else
+                   f" (its tensors match {' or '.join(guesses)})" if guesses else "")
             raise CLIError(f"--model {spec!r} is a saved file, and loading it needs --base, the architecture it "
-                           "was saved from", "Add e.g. --base resnet50 (or --base package.module:factory).",
+                           f"was saved from{why}", f"Add {example} (or --base package.module:factory).",
                            EXIT_USAGE)
         if os.path.isfile(base):
             raise CLIError(f"--base {base!r} is a file", "--base names the unpruned architecture: a torchvision "
                            "name or package.module:factory.", EXIT_USAGE)
         model, inputs, name = _build(base)
+        target = _submodule(model, submodule)
         try:
             from . import io as dp_io
         except ImportError as exc:  # pragma: no cover - io.py ships with the package
             raise CLIError(f"loading a saved model needs depgraph_prune.io, which cannot be imported ({exc})",
                            "Reinstall depgraph_prune.") from exc
         try:
-            dp_io.load(spec, model)
+            dp_io.load(spec, target)
         except dp_io.LoadError as exc:
-            raise CLIError(f"cannot load {spec!r} into {base}: {exc}",
-                           "Check that --base names the architecture the file was saved from.") from exc
+            into = f"{base}.{submodule}" if submodule else base
+            raise CLIError(f"cannot load {spec!r} into {into}: {exc}", _load_hint(exc, spec, base)) from exc
         return model, inputs, name
     if _looks_like_path(spec):
         raise CLIError(f"the model file {spec!r} does not exist", "Check the path (files are written by "
@@ -276,6 +370,20 @@ def load_model(spec: str, base: str | None = None):
         raise CLIError(f"--base is only used with a saved file, but --model {spec!r} is not an existing file",
                        "Drop --base, or check the file's path.", EXIT_USAGE)
     return _build(spec)
+
+
+def _submodule(model, name: str | None):
+    """``model.get_submodule(name)`` (the model itself for None), with a suggestion when absent."""
+    if not name:
+        return model
+    names = [n for n, _ in model.named_modules() if n]
+    if name not in names:
+        tops = [n for n in names if "." not in n]
+        close = difflib.get_close_matches(name, names, n=3)
+        raise CLIError(f"--submodule {name!r} is not a submodule of the model",
+                       f"Did you mean {' or '.join(close)}?" if close else
+                       f"Its top-level submodules: {', '.join(tops[:12])}.", EXIT_USAGE)
+    return model.get_submodule(name)
 
 
 def _example_inputs(args, inputs, name):
@@ -315,29 +423,96 @@ def _split_names(values) -> list[str]:
 
 
 # ============================================================================ latency
-def measure_latency(model, example_inputs, repeat: int = 10, warmup: int = 2) -> float:
-    """Median CPU latency of one forward pass in milliseconds, with one thread, in inference mode."""
+from .measure import measure_latency  # noqa: E402  (kept importable from here)
+
+
+# ============================================================================ calibration
+CALIBRATION_HELP = ("batches for the gradient criteria (taylor, hessian): N random batches shaped like the "
+                    "example input, or a file written with torch.save holding a tensor of inputs, a list of "
+                    "input tensors, a list of (inputs, targets) pairs, or a dict {'inputs': ..., 'targets': ...}. "
+                    "Without targets the model's own predictions (argmax of its output) are the targets, so "
+                    "the scores measure how much each channel supports what the model currently predicts on "
+                    "those inputs; on random inputs that is a check of the pipeline, not of accuracy on your data")
+
+
+def _calibration(spec: str, model, x, seed: int) -> list[tuple]:
+    """``--calibration`` as a list of ``(inputs, targets)`` pairs for ``dp.prune(calibration=)``."""
     import torch
-    from .trace import normalize_inputs
-    args, kwargs = normalize_inputs(example_inputs)
-    threads = torch.get_num_threads()
-    flags = [(m, m.training) for m in model.modules()]
-    times = []
+    batches: list = []
+    if spec.strip().isdigit():
+        n = int(spec)
+        if n < 1:
+            raise CLIError("--calibration 0: give at least one batch", "Example: --calibration 8.", EXIT_USAGE)
+        if not isinstance(x, torch.Tensor):
+            raise CLIError("--calibration N makes random batches shaped like the example input, which is not "
+                           "one tensor here", "Pass a file of saved inputs: --calibration inputs.pt.", EXIT_USAGE)
+        g = torch.Generator().manual_seed(seed + 1)
+        batches = [(torch.randn(x.shape, generator=g, dtype=x.dtype), None) for _ in range(n)]
+    elif os.path.isfile(spec):
+        try:
+            obj = torch.load(spec, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CLIError(f"cannot read --calibration {spec!r} ({type(exc).__name__}: {_first_line(exc)})",
+                           "Write it with torch.save(tensor_or_list, path) (plain tensors only).") from exc
+        if isinstance(obj, dict) and "inputs" in obj:
+            ins, tgs = obj["inputs"], obj.get("targets")
+            ins = [ins] if isinstance(ins, torch.Tensor) else list(ins)
+            tgs = [None] * len(ins) if tgs is None else ([tgs] if isinstance(tgs, torch.Tensor) else list(tgs))
+            if len(tgs) != len(ins):
+                raise CLIError(f"--calibration {spec!r}: {len(ins)} input batches but {len(tgs)} target batches",
+                               "Give one targets tensor per inputs tensor.", EXIT_USAGE)
+            batches = list(zip(ins, tgs))
+        elif isinstance(obj, torch.Tensor):
+            batches = [(obj, None)]
+        elif isinstance(obj, (list, tuple)) and obj:
+            for item in obj:
+                if isinstance(item, torch.Tensor):
+                    batches.append((item, None))
+                elif isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], torch.Tensor):
+                    batches.append((item[0], item[1]))
+                else:
+                    batches = []
+                    break
+        if not batches:
+            raise CLIError(f"--calibration {spec!r} holds a {type(obj).__name__} that is not a tensor, a list of "
+                           "tensors or (inputs, targets) pairs, or a dict with 'inputs'",
+                           "See --help for the layouts it reads.", EXIT_USAGE)
+    else:
+        raise CLIError(f"--calibration {spec!r} is neither a number of batches nor an existing file",
+                       "Example: --calibration 8 (random batches) or --calibration inputs.pt.", EXIT_USAGE)
+    out = []
+    with torch.no_grad():
+        for inputs, targets in batches:
+            if targets is None:
+                try:
+                    pred = model(inputs)
+                except Exception as exc:
+                    raise CLIError(f"the model does not run on a --calibration batch of shape "
+                                   f"{tuple(inputs.shape)} ({type(exc).__name__}: {_first_line(exc)})",
+                                   "Save inputs the model accepts.") from exc
+                if not isinstance(pred, torch.Tensor) or pred.dim() != 2:
+                    raise CLIError("without targets, --calibration uses the model's predictions as targets, which "
+                                   "needs an output of shape (batch, classes)",
+                                   "Save (inputs, targets) pairs with a target the loss (cross-entropy) reads, or "
+                                   "use the Python API with your loss_fn.", EXIT_USAGE)
+                targets = pred.argmax(1)
+            out.append((inputs, targets))
+    return out
+
+
+def _first_line(exc) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _progress_on(args) -> bool:
+    """--progress / --no-progress; by default only where stderr is a terminal."""
+    if args.progress is not None:
+        return args.progress
     try:
-        torch.set_num_threads(1)
-        model.eval()
-        with torch.inference_mode():
-            for _ in range(warmup):
-                model(*args, **kwargs)
-            for _ in range(repeat):
-                t = time.perf_counter()
-                model(*args, **kwargs)
-                times.append(time.perf_counter() - t)
-    finally:
-        torch.set_num_threads(threads)
-        for m, f in flags:
-            m.training = f
-    return statistics.median(times) * 1000.0
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 # ============================================================================ subcommands
@@ -348,6 +523,8 @@ def _common_model_args(p):
                         "(model, example_inputs) pair), or a file saved with --out (then also give --base)")
     p.add_argument("--base", help="with a saved file as --model: the unpruned architecture it was saved from "
                                   "(torchvision name or package.module:factory)")
+    p.add_argument("--submodule", metavar="NAME", help="work on this submodule of the model only (e.g. backbone "
+                                                        "of a detector); --input-shape is then its input")
     p.add_argument("--input-shape", type=parse_shape, metavar="N,C,H,W",
                    help="shape of the random example input (default 1,3,224,224; 1,3,299,299 for Inception; "
                         "1,3,8,112,112 for video models)")
@@ -363,6 +540,16 @@ def _common_model_args(p):
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and input (default 0)")
     p.add_argument("--threads", type=_positive_int, help="torch threads to use (default: torch's default)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="a line on stderr per slow stage (trace, build, score, plan, surgery, verify, count); "
+                        "default: on when stderr is a terminal")
+
+
+def _importance_choices() -> str:
+    from . import importance as imp
+    plain = [k for k in sorted(imp.NAMED) if not getattr(imp.NAMED[k](), "needs_gradients", False)]
+    grad = [k for k in sorted(imp.NAMED) if k not in plain]
+    return f"{', '.join(plain)}; with --calibration also {', '.join(grad)}"
 
 
 def cmd_prune(args) -> int:
@@ -373,16 +560,29 @@ def cmd_prune(args) -> int:
     _check_out_path("--plot", args.plot)
     key = args.importance.strip().lower()
     if key not in imp.NAMED:
-        raise CLIError(f"unknown importance {args.importance!r}", f"Use one of {', '.join(sorted(imp.NAMED))}.",
-                       EXIT_USAGE)
-    if getattr(imp.NAMED[key](), "needs_gradients", False):
-        raise CLIError(f"importance {key!r} needs gradients from calibration data, which the command line "
-                       "cannot provide", "Use l1, l2, fpgm, lamp or bn_scale here, or the Python API: "
-                       "dp.prune(model, x, importance='taylor', calibration=[(inputs, targets), ...]).", EXIT_USAGE)
+        close = difflib.get_close_matches(key, sorted(imp.NAMED), n=2)
+        raise CLIError(f"unknown importance {args.importance!r}",
+                       (f"Did you mean {' or '.join(close)}? " if close else "") +
+                       f"Use one of {_importance_choices()}.", EXIT_USAGE)
+    needs_grad = getattr(imp.NAMED[key](), "needs_gradients", False)
+    if needs_grad and args.calibration is None:
+        raise CLIError(f"importance {key!r} needs gradients from calibration data",
+                       "Add --calibration N (N random batches; see --help for what that measures) or "
+                       "--calibration inputs.pt (your saved inputs).", EXIT_USAGE)
+    if args.calibration is not None and not needs_grad:
+        raise CLIError(f"--calibration is only read by the gradient criteria (taylor, hessian), not by {key!r}",
+                       "Drop --calibration, or pick --importance taylor or hessian.", EXIT_USAGE)
     torch.manual_seed(args.seed)
-    model, inputs, name = load_model(args.model, args.base)
-    model.eval()
+    whole, inputs, name = load_model(args.model, args.base, args.submodule)
+    whole.eval()
+    model = _submodule(whole, args.submodule)
+    if args.submodule:
+        inputs, name = None, None  # the factory's example input is the whole model's
     x, shape = _example_inputs(args, inputs, name)
+    if key != "random" and any(p.is_meta for p in model.parameters()):
+        raise CLIError(f"the model's weights are on the meta device (they have no values), so --importance {key} "
+                       "has nothing to rank", "Pass --importance random to plan the pruning of a meta model, "
+                       "or build the model with real weights.", EXIT_USAGE)
     ignored = _split_names(args.ignore)
     _check_modules(model, ignored, "--ignore")
     leaves = _split_names(args.leaf)
@@ -396,28 +596,37 @@ def cmd_prune(args) -> int:
         except ValueError as exc:
             raise CLIError(f"--ratios {args.ratios!r}: {exc}", "Write name patterns like '*layer*.conv1:0.5,fc:0' "
                            "(see --help).", EXIT_USAGE) from exc
-    if args.ratio is None and ratios is None and args.target_speedup is None:
+    if args.ratio is None and ratios is None and args.target_speedup is None and args.target_macs is None \
+            and args.target_params is None:
         args.ratio = 0.5
+    calibration = _calibration(args.calibration, model, x, args.seed) if needs_grad else None
     lat_before = measure_latency(model, x, args.repeat) if args.latency else None
+    targets = {k: v for k, v in (("target_speedup", args.target_speedup), ("target_macs", args.target_macs),
+                                 ("target_params", args.target_params)) if v is not None}
     result = _traced(lambda: dp.prune(model, x, ratio=args.ratio, importance=key, ratios=ratios,
-                      global_ranking=args.global_ranking, max_ratio=args.max_ratio,
-                      target_speedup=args.target_speedup, round_to=args.round_to, min_channels=args.min_channels,
-                      steps=args.steps, progress=args.steps > 1 and not args.json, ignored_layers=ignored,
-                      leaf_modules=leaves, attention=args.attention, **({"frozen": frozen} if frozen else {})))
+                      global_ranking=args.global_ranking, max_ratio=args.max_ratio, **targets,
+                      round_to=args.round_to, min_channels=args.min_channels,
+                      steps=args.steps, progress=_progress_on(args), ignored_layers=ignored,
+                      leaf_modules=leaves, attention=args.attention, calibration=calibration, verify=args.verify,
+                      **({"frozen": frozen} if frozen else {})))
     lat_after = measure_latency(model, x, args.repeat) if args.latency else None
+    from .prune import OPTIMIZER_NOTE
+    result.notes = [n for n in result.notes if n != OPTIMIZER_NOTE]  # no optimizer on the command line
     if args.plot:
         _plot(lambda: __import__("depgraph_prune.viz", fromlist=["plot_widths"]).plot_widths(
             result, args.plot, title=f"{args.model}: widths before and after pruning"), "--plot")
     if args.out:
         from . import io as dp_io
         try:
-            dp_io.save(model, args.out)
+            dp_io.save(model, args.out, arch=args.base or args.model)
         except OSError as exc:
             raise CLIError(f"cannot write {args.out!r} ({exc})", "Check the path and the permissions.") from exc
     if args.json:
         out = {"model": args.model, "base": args.base, "input_shape": list(shape) if shape else None,
                "importance": key, "ratio": args.ratio, "ratios": ratios, "target_speedup": args.target_speedup,
-               "global_ranking": args.global_ranking,
+               "target_macs": args.target_macs, "target_params": args.target_params,
+               "global_ranking": args.global_ranking, "submodule": args.submodule,
+               "calibration": args.calibration, "settings": result.settings,
                "before": {"macs": result.before.macs, "params": result.before.params},
                "after": {"macs": result.after.macs, "params": result.after.params},
                "speedup": result.speedup, "params_ratio": result.after.params / max(result.before.params, 1),
@@ -425,6 +634,10 @@ def cmd_prune(args) -> int:
                "widths": [{"name": n, "before": a, "after": b} for n, a, b in result.widths],
                "frozen": [{"name": n, "channels": c, "reason": r} for n, c, r in result.frozen],
                "notes": list(result.notes),
+               "verification": [{"dtype": v.dtype, "tolerance": v.tolerance, "max_diff": v.max_diff,
+                                 "exact_groups": v.exact, "structural_groups": len(v.structural),
+                                 "frozen": {str(k): r for k, r in v.guilty.items()}, "skipped": v.skipped}
+                                for v in result.verification],
                "latency_ms": None if lat_before is None else
                {"before": lat_before, "after": lat_after, "speedup": lat_before / max(lat_after, 1e-12),
                 "threads": 1, "repeat": args.repeat},
@@ -432,7 +645,8 @@ def cmd_prune(args) -> int:
         print(json.dumps(out, indent=2))
         return EXIT_OK
     shape_s = "x".join(map(str, shape)) if shape else "the factory's example input"
-    print(f"{args.model} on {shape_s}, importance {key}")
+    what = f"{args.model}.{args.submodule}" if args.submodule else args.model
+    print(f"{what} on {shape_s}, importance {key}")
     print(result)
     if lat_before is not None:
         print(f"CPU latency, 1 thread, median of {args.repeat}: {lat_before:.2f} ms -> {lat_after:.2f} ms "
@@ -441,8 +655,10 @@ def cmd_prune(args) -> int:
         print(f"widths plot written to {args.plot}")
     if args.out:
         base = args.base or args.model
+        sub = f" --submodule {args.submodule}" if args.submodule else ""
+        into = f"<fresh {base} model>.{args.submodule}" if args.submodule else f"<fresh {base} model>"
         print(f"pruned model written to {args.out} (reload: depgraph-prune inspect --model {args.out} "
-              f"--base {base}, or dp.load({args.out!r}, <fresh {base} model>))")
+              f"--base {base}{sub}, or dp.load({args.out!r}, {into}))")
     return EXIT_OK
 
 
@@ -505,8 +721,11 @@ def cmd_inspect(args) -> int:
     _check_out_path("--draw", args.draw)
     _check_out_path("--dot", args.dot)
     torch.manual_seed(args.seed)
-    model, inputs, name = load_model(args.model, args.base)
-    model.eval()
+    whole, inputs, name = load_model(args.model, args.base, args.submodule)
+    whole.eval()
+    model = _submodule(whole, args.submodule)
+    if args.submodule:
+        inputs, name = None, None
     x, shape = _example_inputs(args, inputs, name)
     ignored = _split_names(args.ignore)
     _check_modules(model, ignored, "--ignore")
@@ -514,9 +733,12 @@ def cmd_inspect(args) -> int:
     _check_modules(model, leaves, "--leaf")
     frozen = _split_names(args.freeze)
     _check_modules(model, frozen, "--freeze")
-    graph = _traced(lambda: dp.build_graph(model, x, ignored_layers=ignored, leaf_modules=leaves,
-                                           attention=args.attention, **({"frozen": frozen} if frozen else {})))
-    ops = dp.count_ops(model, x)
+    from . import progress
+    with progress.reporting(_progress_on(args)):
+        graph = _traced(lambda: dp.build_graph(model, x, ignored_layers=ignored, leaf_modules=leaves,
+                                               attention=args.attention, **({"frozen": frozen} if frozen else {})))
+        with progress.stage("count"):
+            ops = dp.count_ops(model, x)
     group = _find_group(graph, model, args.group) if args.group is not None else None
     if args.draw:
         if group is not None:
@@ -608,15 +830,26 @@ def build_parser() -> argparse.ArgumentParser:
                           "when neither --ratios nor --target-speedup is given)")
     how.add_argument("--target-speedup", type=_speedup, metavar="X",
                      help="search the ratio so that MACs fall by this factor (> 1)")
+    how.add_argument("--target-macs", type=parse_count, metavar="N",
+                     help="search the ratio so that the pruned model does N MACs (e.g. 1.5G)")
+    how.add_argument("--target-params", type=parse_count, metavar="N",
+                     help="search the ratio so that the pruned model has N parameters (e.g. 5M)")
     pr.add_argument("--ratios", metavar="SPEC", help="per-layer ratios (see below); other groups get --ratio, or 0")
     pr.add_argument("--importance", "-i", default="l1",
-                    help="channel ranking: l1 (default), l2, fpgm, lamp, bn_scale, random")
+                    help="channel ranking: l1 (default), l2, fpgm, lamp, bn_scale, random; taylor and hessian "
+                         "(gradient criteria) with --calibration")
+    pr.add_argument("--calibration", metavar="N|FILE", help=CALIBRATION_HELP)
     pr.add_argument("--global-ranking", action="store_true", help="one threshold over all groups")
     pr.add_argument("--max-ratio", type=parse_ratio, default=0.9, help="with --global-ranking: most of any group "
                                                                        "that may go (default 0.9)")
     pr.add_argument("--round-to", type=_positive_int, help="kept channel counts are multiples of this")
     pr.add_argument("--min-channels", type=_positive_int, default=1, help="keep at least this many channels per group")
     pr.add_argument("--steps", type=_positive_int, default=1, help="reach the target in this many rounds")
+    pr.add_argument("--no-verify", dest="verify", action="store_const", const=False, default=True,
+                    help="skip the numerical check of the surgery (by default the pruned model is compared with "
+                         "the original whose removed channels are zeroed; groups that fail are kept)")
+    pr.add_argument("--verify-raise", dest="verify", action="store_const", const="raise",
+                    help="fail instead of keeping the groups whose removal changes the output")
     pr.add_argument("--latency", action="store_true", help="also measure CPU latency before and after "
                                                            "(median, 1 thread)")
     pr.add_argument("--repeat", type=_positive_int, default=10, help="timed runs per latency measurement (default 10)")

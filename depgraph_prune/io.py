@@ -9,15 +9,17 @@ weights::
     >>> import torch, torchvision, depgraph_prune as dp        # doctest: +SKIP
     >>> model = torchvision.models.resnet50()
     >>> dp.prune(model, torch.randn(1, 3, 224, 224), ratio=0.5)
-    >>> dp.save(model, "resnet50_pruned.safetensors")
-    >>> again = dp.load("resnet50_pruned.safetensors", torchvision.models.resnet50())
+    >>> dp.save(model, "resnet50_pruned.dpz")
+    >>> again = dp.load("resnet50_pruned.dpz", torchvision.models.resnet50())
 
-File layout (format version 1). The container is safetensors when the ``safetensors`` package is
-installed (the default, ``container="auto"``), otherwise a ``torch.save`` zip archive of a dict of
-strings and plain tensors, read back with ``torch.load(weights_only=True)``. Either way it holds:
+File layout (format version 1): a safetensors file (``safetensors`` is a dependency of
+depgraph_prune, the one container written). Files written by earlier versions as a ``torch.save``
+zip archive of a dict of strings and plain tensors still load (read with
+``torch.load(weights_only=True)``). Either way the file holds:
 
 * ``header``: a JSON string ``{"format": "depgraph_prune", "version": 1, "kind": "model" | "state",
-  ...}``; for a model also ``record`` (the pruning record), ``aliases`` (tied names → the name
+  ...}``; for a model also ``model`` (its class), ``arch`` (when given to ``save``: how to build
+  the unpruned model, e.g. ``"resnet18"``), ``record`` (the pruning record), ``aliases`` (tied names → the name
   stored) and ``buffers`` (names of the stored tensors that are buffers, non-persistent ones
   included);
 * the tensors, CPU, contiguous, under their qualified names, each stored once;
@@ -123,14 +125,22 @@ def _have_safetensors() -> bool:
     return True
 
 
-def _write(path, header: str, tensors: dict[str, torch.Tensor], container: str) -> None:
-    if container not in ("auto", "safetensors", "torch"):
-        raise PruningError(f"container must be 'auto', 'safetensors' or 'torch', got {container!r}")
-    if container == "auto":
-        container = "safetensors" if _have_safetensors() else "torch"
+_NO_SAFETENSORS = "the safetensors package, a dependency of depgraph-prune, is not installed (pip install safetensors)"
+
+
+def _file_mode() -> int:
+    """``0o666`` less the process umask: the mode ``open()`` would give a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _write(path, header: str, tensors: dict[str, torch.Tensor], container: str = "safetensors") -> None:
+    """Write atomically: a temporary file next to ``path``, renamed when complete, with the mode a
+    plain ``open()`` would give (``mkstemp`` makes it 0600). ``container="torch"`` is the writer
+    of earlier versions, kept only so tests can make such files for the reader."""
     if container == "safetensors" and not _have_safetensors():
-        raise PruningError("container='safetensors' needs the safetensors package "
-                           "(pip install 'depgraph-prune[io]'), or use container='torch'")
+        raise PruningError(f"save: {_NO_SAFETENSORS}")
     checksum = _checksum(header, tensors)
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -140,8 +150,11 @@ def _write(path, header: str, tensors: dict[str, torch.Tensor], container: str) 
         if container == "safetensors":
             from safetensors.torch import save_file
             save_file(tensors, tmp, metadata={_HEADER_KEY: header, _CHECKSUM_KEY: checksum})
-        else:
+        elif container == "torch":
             torch.save({_HEADER_KEY: header, _CHECKSUM_KEY: checksum, _TENSORS_KEY: tensors}, tmp)
+        else:
+            raise PruningError(f"unknown container {container!r}")
+        os.chmod(tmp, _file_mode())  # after writing: a writer may replace the file it was given
         os.replace(tmp, path)  # a crash mid-write never leaves a half-written file under `path`
     except BaseException:
         try:
@@ -174,8 +187,7 @@ def _read_raw(path) -> tuple[str, str, dict[str, torch.Tensor]]:
             raise FormatError(f"{path!r}: its tensor table holds something other than named plain tensors")
         return obj[_HEADER_KEY], obj[_CHECKSUM_KEY], tensors
     if not _have_safetensors():
-        raise FormatError(f"{path!r} is not a torch archive; reading a safetensors file needs the "
-                          "safetensors package (pip install 'depgraph-prune[io]')")
+        raise LoadError(f"cannot read {path!r}: {_NO_SAFETENSORS}")
     from safetensors import safe_open
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
@@ -249,12 +261,19 @@ def _module_tensors(model: nn.Module):
                 yield prefix + attr, mod, attr, t, True, attr not in mod._non_persistent_buffers_set
 
 
-def save(model: nn.Module, path, *, container: str = "auto") -> None:
+def save(model: nn.Module, path, *, arch: str | None = None, sparse="masked") -> None:
     """Write ``model``'s pruning record and weights (parameters and buffers, non-persistent
-    buffers included) to ``path``; reload with :func:`load` into a fresh, unpruned model.
+    buffers included) to ``path`` (safetensors); reload with :func:`load` into a fresh, unpruned
+    model. ``arch``: optional note in the header of how to build that unpruned model (the
+    command line stores its ``--model`` / ``--base`` there and suggests it when loading).
 
-    The file is written to a temporary name next to ``path`` and renamed when complete.
-    ``container``: ``"auto"`` (safetensors if installed, else torch), ``"safetensors"`` or ``"torch"``.
+    The file is written to a temporary name next to ``path`` and renamed when complete; its mode
+    follows the umask, as for any new file.
+    ``sparse``: ``"masked"`` (default) stores the masked parameters (:func:`depgraph_prune.sparsify`)
+    compactly, nonzero values plus a bitmap, and their masks with them (an unmasked model's file
+    is unchanged); ``"auto"`` also packs unmasked parameters with at least half exact zeros (64
+    entries or more; e.g. after :func:`~depgraph_prune.remove_masks`); ``False`` writes every
+    tensor dense and drops the masks. See :func:`_sparse_pack`.
     """
     if not isinstance(model, nn.Module):
         raise PruningError(f"save: model must be an nn.Module, got {type(model).__name__}")
@@ -271,11 +290,141 @@ def save(model: nn.Module, path, *, container: str = "auto") -> None:
             buffers.append(name)
     meta = {"format": _FORMAT, "version": FORMAT_VERSION, "kind": "model", "model": type(model).__name__,
             "torch": torch.__version__, "record": record, "aliases": aliases, "buffers": buffers}
+    if arch is not None:
+        meta["arch"] = str(arch)
+    named = _cpu_tensors(named)
+    named, sparse_meta = _sparse_pack(model, named, set(buffers), sparse)
+    if sparse_meta:
+        meta["sparse"] = sparse_meta
     try:
         header = json.dumps(meta, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise PruningError(f"save: the pruning record of {type(model).__name__} is not JSON-serializable ({exc})") from exc
-    _write(path, header, _cpu_tensors(named), container)
+    _write(path, header, named)
+
+
+# ============================================================================ sparse tensors
+_SPARSE_SEP = "::"  # never in a qualified module name
+_INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _nonzero_bits(t: torch.Tensor) -> torch.Tensor:
+    """Positions whose *bit pattern* is not zero (``-0.0`` counts as a value: bit-identical reload)."""
+    flat = t.reshape(-1)
+    if t.dtype.is_complex:
+        flat = torch.view_as_real(flat).reshape(-1, 2)
+        return (flat.view(_INT_VIEW[flat.element_size()]) != 0).any(1)
+    return flat.view(_INT_VIEW[t.element_size()]) != 0
+
+
+def _pack_bits(b: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(np.packbits(b.numpy(), bitorder="little"))
+
+
+def _unpack_bits(t: torch.Tensor, n: int, where: str) -> torch.Tensor:
+    if t.dtype != torch.uint8 or t.dim() != 1 or t.numel() != (n + 7) // 8:
+        raise FormatError(f"{where}: malformed bitmap ({t.dtype}, {tuple(t.shape)} for {n} positions)")
+    return torch.from_numpy(np.unpackbits(t.numpy(), count=n, bitorder="little").astype(bool))
+
+
+def _sparse_pack(model: nn.Module, named: dict, buffers: set, mode) -> tuple[dict, dict]:
+    """Replace sparse parameters by ``name::values`` (the entries with nonzero bits, flat, in
+    order) and ``name::bitmap`` (one bit per entry, ``np.packbits`` little-endian), plus
+    ``name::mask`` for a mask that is not exactly the zero pattern. Returns the new tensor table
+    and the header's ``sparse`` entry ``{name: {"shape": [...], "mask": null | "values" | "own"}}``.
+    For float32 at 80% zeros a tensor takes 0.2 + 1/32 of its dense bytes."""
+    if mode not in ("auto", "masked", False, None):
+        raise PruningError(f"save: sparse must be 'auto', 'masked' or False, got {mode!r}")
+    if not mode:
+        return named, {}
+    from . import unstructured
+    by_id = {}
+    for mod_name, mod in model.named_modules():
+        for attr, m in mod.__dict__.get(unstructured.MASKS_ATTR, {}).items():
+            p = getattr(mod, attr, None)
+            if isinstance(p, torch.Tensor):
+                by_id[id(p)] = (mod_name, mod, attr)
+    first = {}
+    for name, _mod, _attr, t, _b, _p in _module_tensors(model):
+        first.setdefault(name, t)
+    out, meta = {}, {}
+    for name, c in named.items():
+        orig = first.get(name)
+        floating = name not in buffers and (c.dtype.is_floating_point or c.dtype.is_complex)
+        masked = floating and orig is not None and id(orig) in by_id
+        if not masked and not (floating and mode == "auto" and c.numel() >= 64):
+            out[name] = c
+            continue
+        keep = _nonzero_bits(c)
+        if not masked and int(keep.sum()) * 2 > c.numel():  # dense enough: as it is
+            out[name] = c
+            continue
+        flat = c.reshape(-1)
+        out[name + _SPARSE_SEP + "values"] = flat[keep].clone()
+        out[name + _SPARSE_SEP + "bitmap"] = _pack_bits(keep)
+        kind = None
+        if masked:
+            mod_name, mod, attr = by_id[id(orig)]
+            pruned = unstructured._synced(model, name, mod, attr).detach().cpu().reshape(-1)
+            if torch.equal(pruned, ~keep):
+                kind = "values"
+            else:
+                kind = "own"
+                out[name + _SPARSE_SEP + "mask"] = _pack_bits(pruned)
+        meta[name] = {"shape": list(c.shape), "mask": kind}
+    return out, meta
+
+
+def _sparse_unpack(meta: dict, stored: dict, path) -> tuple[dict, dict]:
+    """Inverse of :func:`_sparse_pack` on a file's (checksummed) tensors: the dense table, and the
+    masks ``{name: bool tensor (True = pruned)}`` to attach."""
+    info = meta.get("sparse", {})
+    where = f"{os.fspath(path)!r}"
+    if not isinstance(info, dict):
+        raise FormatError(f"{where}: malformed sparse table in the header")
+    out = {k: v for k, v in stored.items() if _SPARSE_SEP not in k}
+    consumed, masks = set(), {}
+    for name, entry in info.items():
+        w = f"{where}, sparse tensor `{name}`"
+        if not isinstance(entry, dict) or not isinstance(entry.get("shape"), list) or \
+                not all(type(d) is int and d >= 0 for d in entry["shape"]) or entry.get("mask") not in (None, "values", "own"):
+            raise FormatError(f"{w}: malformed entry {entry!r}")
+        if name in out:
+            raise FormatError(f"{w}: stored both dense and sparse")
+        keys = [name + _SPARSE_SEP + s for s in ("values", "bitmap")] + \
+            ([name + _SPARSE_SEP + "mask"] if entry["mask"] == "own" else [])
+        for k in keys:
+            if k not in stored:
+                raise FormatError(f"{w}: the file has no `{k}`")
+        consumed.update(keys)
+        values, shape = stored[keys[0]], tuple(entry["shape"])
+        n = int(np.prod(shape, dtype=np.int64))
+        keep = _unpack_bits(stored[keys[1]], n, w)
+        if values.dim() != 1 or values.numel() != int(keep.sum()):
+            raise FormatError(f"{w}: {values.numel()} values for {int(keep.sum())} set bits")
+        dense = torch.zeros(n, dtype=values.dtype)
+        dense[keep] = values
+        out[name] = dense.view(shape)
+        if entry["mask"] == "values":
+            masks[name] = (~keep).view(shape)
+        elif entry["mask"] == "own":
+            masks[name] = _unpack_bits(stored[keys[2]], n, w).view(shape)
+    extra = [k for k in stored if _SPARSE_SEP in k and k not in consumed]
+    if extra:
+        raise FormatError(f"{where}: `{extra[0]}` is not described by the header's sparse table")
+    return out, masks
+
+
+def _attach_masks(model: nn.Module, masks: dict) -> None:
+    from . import unstructured
+    for mod in model.modules():
+        mod.__dict__.pop(unstructured.MASKS_ATTR, None)
+        mod.__dict__.pop(unstructured.KEEP_ATTR, None)
+    for name, m in masks.items():
+        owner, _, attr = name.rpartition(".")
+        mod = model.get_submodule(owner) if owner else model
+        p = getattr(mod, attr)
+        mod.__dict__.setdefault(unstructured.MASKS_ATTR, {})[attr] = m.to(p.device)
 
 
 # ============================================================================ load
@@ -434,6 +583,10 @@ def load(path, model: nn.Module, *, example_inputs: Any = None) -> nn.Module:
     loaded model is also run once, as the surgeon validates its result (on meta tensors where
     possible), and the load is undone if that fails.
 
+    Masks saved with sparse tensors (:func:`depgraph_prune.sparsify`) are attached again (any
+    masks ``model`` had before are dropped); re-attach them to an optimizer with
+    :func:`depgraph_prune.keep_masks`.
+
     Raises :class:`FormatError` (corrupt, truncated, tampered, newer version) or
     :class:`ModelMismatchError` (record or weights do not fit ``model``; ``model`` was already
     pruned); in every case ``model`` is left exactly as it was.
@@ -441,6 +594,7 @@ def load(path, model: nn.Module, *, example_inputs: Any = None) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise PruningError(f"load: model must be an nn.Module, got {type(model).__name__}")
     meta, stored = _read(path, "model")
+    stored, file_masks = _sparse_unpack(meta, stored, path)
     record, aliases, buffers = meta.get("record"), meta.get("aliases"), meta.get("buffers")
     _check_record_shape(record)
     if not isinstance(aliases, dict) or not isinstance(buffers, list) or \
@@ -503,6 +657,8 @@ def load(path, model: nn.Module, *, example_inputs: Any = None) -> nn.Module:
                 grad = surgery._slice(t.grad, dims) if dims else t.grad
             new_tensors[tid] = (t, new, grad)
 
+    replay = _ReplayCheck(model, slots, positions, record, example_inputs) if example_inputs is not None else None
+
     # ---- commit phase ------------------------------------------------------------------------------
     undo = []
     old_history = model.__dict__.get(_HISTORY_ATTR, _MISSING)
@@ -529,13 +685,111 @@ def load(path, model: nn.Module, *, example_inputs: Any = None) -> nn.Module:
             problem = surgery.check_runs(model, example_inputs, None)
             if problem:
                 raise ModelMismatchError(f"load: the loaded model does not run on example_inputs ({problem})")
+            problem = replay.check(model)
+            if problem:
+                raise ModelMismatchError(f"load: the pruning record does not replay to a function-preserving "
+                                         f"prune of this {type(model).__name__} ({problem}): the file was saved "
+                                         "from a different architecture")
     except Exception as exc:
         _restore_history(model, old_history)
         surgery._rollback(undo)
         if isinstance(exc, LoadError):
             raise exc.__class__(f"{exc}; the model was restored") from exc
         raise LoadError(f"load failed while committing ({type(exc).__name__}: {exc}); the model was restored") from exc
+    _attach_masks(model, file_masks)
     return model
+
+
+class _ReplayCheck:
+    """The numerical check of :mod:`depgraph_prune.verify`, for a replayed record: this model's
+    own weights with the record's removed positions zeroed must compute what the same weights,
+    sliced as the record says and placed in the replayed model, compute. Made on the model's
+    weights before the file's are loaded; the file's weights themselves are not involved."""
+
+    def __init__(self, model, slots, positions, record, example_inputs):
+        from . import verify
+        self.inputs = example_inputs
+        self.dtype = verify.choose_dtype(model)
+        base = verify.base_state(model, self.dtype) if self.dtype is not None else \
+            {n: t.detach() for n, t in slots.items()}
+        removed, sliced = {}, {}
+        for name, t in slots.items():
+            dims = {d: pos for (tid, d), pos in positions.items() if tid == id(t)}
+            if not dims:
+                continue
+            out = base[name]
+            for d, pos in sorted(dims.items()):
+                removed.setdefault(name, {})[d] = torch.as_tensor(np.setdiff1d(np.arange(t.shape[d]), pos))
+                out = out.index_select(d, torch.as_tensor(pos, dtype=torch.long, device=out.device))
+            sliced[name] = out
+        _apply_rescales(record, sliced)
+        self.affine, self.skip = self._classify(model, example_inputs, removed)
+        self.state = {**base, **sliced}
+        if self.skip:
+            return
+        self.probe = verify.Probe(model, removed)
+        with verify.masked(model, removed, base if self.dtype is not None else None) as state:
+            self.ref = verify.run(model, example_inputs, self.dtype, state, self.affine, self.probe)
+
+    @staticmethod
+    def _classify(model, example_inputs, removed):
+        """Whether the removed channels reach layer/group/RMS norms (checked with affine norms) or
+        other channel-normalizing ops (then only the run check applies), from this model's graph."""
+        from . import verify
+        from .graph import DependencyGraph
+        try:
+            graph = DependencyGraph(model, example_inputs)
+        except Exception as exc:  # the run check still applies
+            return False, f"the model's graph could not be built ({type(exc).__name__}: {exc})"
+        comp_group = np.full(graph._ncomp, -1, dtype=np.int64)
+        for g in graph.groups:
+            comp_group[g._comps] = g.index
+        hit = set()
+        for name, dims in removed.items():
+            for d, drop in dims.items():
+                m = graph._ctx.members.get((graph._ctx.canonical_name(name), d))
+                if m is None:
+                    continue
+                atoms = m.atoms[drop.numpy()]
+                atoms = atoms[atoms >= 0]
+                hit |= set(np.unique(comp_group[graph._labels[atoms]]).tolist()) - {-1}
+        groups = [g for g in graph.groups if g.index in hit]
+        _, affine, structural = verify.classify(graph, groups)
+        if structural:
+            return False, next(iter(structural.values()))
+        return bool(affine), None
+
+    def check(self, model) -> str | None:
+        from . import verify
+        if self.skip:
+            import warnings
+            warnings.warn(f"load: the replayed record was checked by running the model, not numerically "
+                          f"(removed channels {self.skip})", stacklevel=3)
+            return None
+        self.probe.mode = "check"
+        try:
+            out = verify.run(model, self.inputs, self.dtype, self.state, self.affine, self.probe)
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+        diff = max(verify.compare(self.ref, out), self.probe.worst)
+        tol = verify.TOLERANCE.get(self.dtype or verify.model_dtype(model), 1e-4)
+        return None if diff <= tol else f"max relative diff {diff:.3g} against the masked original"
+
+
+def _apply_rescales(record, sliced):
+    """Apply each surgery's row rescaling (``record[i]["rescaled"]``, positions in the tensor as
+    that surgery left it) to the finally sliced tensors, following the later surgeries' cuts."""
+    for i, entry in enumerate(record):
+        for name, dim, idx, factor in entry.get("rescaled", []):
+            pos = np.asarray(idx, dtype=np.int64)
+            for later in record[i + 1:]:
+                kept = later["kept"].get(f"{name}:{dim}")
+                if kept is not None:
+                    pos = np.nonzero(np.isin(np.asarray(kept), pos))[0]
+            if name in sliced and pos.size:
+                t = sliced[name] = sliced[name].clone()
+                ix = torch.as_tensor(pos, dtype=torch.long, device=t.device)
+                t.index_copy_(dim, ix, t.index_select(dim, ix) * factor)
 
 
 _MISSING = object()
@@ -605,7 +859,7 @@ def _decode(obj, tensors: dict):
     return {k: _decode(v, tensors) for k, v in obj.items()}
 
 
-def save_state(state: Any, path, *, container: str = "auto") -> None:
+def save_state(state: Any, path) -> None:
     """Write a plain state dict (``RegularizedPruner.state_dict()``, ``optimizer.state_dict()``, ...)
     as JSON + tensors, with the same checksum and versioning as :func:`save`."""
     tensors: dict[str, torch.Tensor] = {}
@@ -613,7 +867,7 @@ def save_state(state: Any, path, *, container: str = "auto") -> None:
     meta = {"format": _FORMAT, "version": FORMAT_VERSION, "kind": "state", "torch": torch.__version__,
             "state": encoded}
     header = json.dumps(meta, allow_nan=False, separators=(",", ":"))
-    _write(path, header, _cpu_tensors(tensors), container)
+    _write(path, header, _cpu_tensors(tensors))
 
 
 def load_state(path, map_location=None) -> Any:

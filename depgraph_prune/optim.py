@@ -22,7 +22,7 @@ from torch import nn
 from . import surgery
 from .errors import PruningError
 
-__all__ = ["rebuild_optimizer"]
+__all__ = ["rebuild_optimizer", "check_optimizer"]
 
 
 def _parse_entry(entry: dict) -> dict[str, dict[int, list]]:
@@ -87,6 +87,19 @@ def _map_state(shape: tuple, param_shape: tuple, entries: list[dict[int, np.ndar
         if ok:
             return comp
     return None
+
+
+def check_optimizer(optimizer, model: nn.Module) -> None:
+    """Refuse, before any surgery, an ``optimizer=`` argument that is not an optimizer or holds
+    none of ``model``'s parameters (None passes: nothing to keep in line)."""
+    if optimizer is None:
+        return
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise PruningError(f"optimizer must be a torch.optim.Optimizer (or None), got {type(optimizer).__name__}")
+    mine = {id(p) for p in model.parameters()}
+    if mine and not any(id(p) in mine for g in optimizer.param_groups for p in g["params"]):
+        raise PruningError("optimizer holds none of the model's parameters: pass the optimizer that trains "
+                           "this model")
 
 
 def rebuild_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module):

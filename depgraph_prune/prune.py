@@ -11,7 +11,8 @@ from . import importance as _imp
 from ._fast_meta import to_meta as _to_meta
 from .errors import PruningError
 from .graph import DependencyGraph
-from .measure import OpCount, count_ops
+from . import progress as _progress
+from .measure import OpCount, _human, count_ops
 from .plan import check_ratio, global_plan, group_ratios, local_plan, select_channels  # noqa: F401
 
 
@@ -40,7 +41,8 @@ def build_graph(model: nn.Module, example_inputs: Any, *, ignored_layers: Iterab
 
 @dataclass
 class PruneResult:
-    """What ``prune`` did: operation counts before and after, and each pruned group's width."""
+    """What ``prune`` did: operation counts before and after, each pruned group's width, and the
+    settings it ran with (``settings``: ratio, importance, scope, targets, ...)."""
 
     before: OpCount
     after: OpCount
@@ -48,20 +50,35 @@ class PruneResult:
     records: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     frozen: list[tuple[str, int, str]] = field(default_factory=list)  # (first member, channels, reason)
+    settings: dict = field(default_factory=dict)
     #: what the numerical check did, one report per surgery (see :mod:`depgraph_prune.verify`)
     verification: list = field(default_factory=list)
 
     @property
     def speedup(self) -> float:
+        """MACs before / after (1.0 for a model that does no multiply-accumulates)."""
+        if self.before.macs == 0:
+            return 1.0
         return self.before.macs / max(self.after.macs, 1)
 
     def __str__(self) -> str:
         b, a = self.before, self.after
-        lines = [f"{'':10}{'before':>14}{'after':>14}{'ratio':>9}",
-                 f"{'MACs':10}{b.macs / 1e9:>13.4f}G{a.macs / 1e9:>13.4f}G{a.macs / max(b.macs, 1):>9.3f}",
-                 f"{'params':10}{b.params / 1e6:>13.4f}M{a.params / 1e6:>13.4f}M{a.params / max(b.params, 1):>9.3f}",
-                 f"speedup (MACs before / after): {self.speedup:.3f}x",
-                 f"{len(self.widths)} groups pruned"]
+
+        def frac(after: int, before: int) -> str:
+            return f"{after / before:.3f}" if before else "-"
+
+        lines = []
+        if self.settings:
+            lines.append(f"settings: {describe_settings(self.settings)}")
+        lines += [f"{'':10}{'before':>16}{'after':>16}{'after/before':>14}",
+                  f"{'MACs':10}{_human(b.macs, 'MACs'):>16}{_human(a.macs, 'MACs'):>16}{frac(a.macs, b.macs):>14}",
+                  f"{'params':10}{_human(b.params, 'params', ' '):>16}{_human(a.params, 'params', ' '):>16}"
+                  f"{frac(a.params, b.params):>14}"]
+        if b.macs:
+            lines.append(f"speedup (MACs before / after): {self.speedup:.3f}x")
+        else:
+            lines.append("speedup: - (the model does no multiply-accumulates on this input)")
+        lines.append(f"{len(self.widths)} groups pruned")
         for name, w0, w1 in self.widths[:12]:
             lines.append(f"  {name:<44} {w0:>6} -> {w1:<6}")
         if len(self.widths) > 12:
@@ -76,6 +93,50 @@ class PruneResult:
             lines.append(f"verified: {describe(rep)}")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+#: the note of a result pruned without ``optimizer=`` (the command line, which has none, leaves it out)
+OPTIMIZER_NOTE = ("no optimizer was passed: an optimizer created before pruning still holds state of the old "
+                  "shapes (its next step() fails); call dp.rebuild_optimizer(optimizer, model) before it steps, "
+                  "pass optimizer= to dp.prune, or create a new optimizer")
+
+
+def _count(n: int, metric: str) -> str:
+    """``12.30 MMACs`` / ``1.51 K params``: a MAC or parameter count in the unit its size calls for."""
+    return _human(n, "MACs") if metric == "macs" else _human(n, "params", " ")
+
+
+def _importance_name(importance) -> str:
+    if isinstance(importance, str):
+        return importance.strip().lower()
+    if isinstance(importance, type):
+        return importance.__name__
+    if isinstance(importance, _imp.Importance):
+        return repr(importance)
+    return getattr(importance, "__name__", type(importance).__name__)
+
+
+def describe_settings(settings: Mapping) -> str:
+    """One line naming what a ``PruneResult`` was made with (the table's header)."""
+    s = dict(settings)
+    parts = []
+    for key, label in (("target_speedup", "target_speedup"), ("target_macs", "target_macs"),
+                       ("target_params", "target_params")):
+        if s.get(key) is not None:
+            value = s[key] if key == "target_speedup" else _count(int(s[key]), key[len("target_"):])
+            parts.append(f"{label}={value}")
+    if s.get("ratio") is not None:
+        parts.append(f"ratio={s['ratio']:g} (fraction of each group's channels removed)")
+    if s.get("ratios"):
+        parts.append(f"ratios={dict(s['ratios'])}")
+    if s.get("importance") is not None:
+        parts.append(f"importance={s['importance']}")
+    if s.get("scope"):
+        parts.append(f"scope={s['scope']}")
+    for key, default in (("round_to", None), ("min_channels", 1), ("steps", 1), ("attention", "heads")):
+        if key in s and s[key] != default:
+            parts.append(f"{key}={s[key]}")
+    return ", ".join(parts)
 
 
 from .trace import structural_copy as _meta_copy  # noqa: E402
@@ -107,21 +168,30 @@ def _scale(ratio, ratios, factor: float):
     return (None if ratio is None else f(ratio)), (None if ratios is None else {k: f(v) for k, v in ratios.items()})
 
 
-def _macs_of_plan(model, graph, plan, meta_inputs) -> int:
-    """MACs after ``plan``, measured on a weightless meta copy pruned with the same graph."""
+def _macs_of_plan(model, graph, plan, meta_inputs, metric: str = "macs") -> int:
+    """MACs (or params, ``metric="params"``) after ``plan``, measured on a weightless meta copy
+    pruned with the same graph."""
     from .surgery import apply_plan
     clone = _meta_copy(model)
     shadow = copy.copy(graph)
     shadow.model = clone
     if plan:
         apply_plan(shadow, plan)
-    return count_ops(clone, meta_inputs).macs
+    return getattr(count_ops(clone, meta_inputs), metric)
 
 
-def _search_plan(model, example_inputs, graph, scorer, target_macs, kw) -> dict:
-    """A plan whose MACs land on ``target_macs``: bisection on the common ratio, then, where
-    coarse groups (attention heads, channel blocks) jump over the target, a second bisection
-    that only moves the fine-grained groups."""
+def _search_plan(model, example_inputs, graph, scorer, target_macs, kw, metric: str = "macs",
+                 goal: str = "target_speedup") -> dict:
+    """See :func:`_search_plan_in`; the plans it measures are the "plan" stage's steps."""
+    with _progress.stage("plan", unit="plans measured") as bar:
+        return _search_plan_in(model, example_inputs, graph, scorer, target_macs, kw, metric, goal, bar)
+
+
+def _search_plan_in(model, example_inputs, graph, scorer, target_macs, kw, metric, goal, bar) -> dict:
+    """A plan whose MACs (``metric="params"``: parameter count) land on ``target_macs``: bisection
+    on the common ratio, then, where coarse groups (attention heads, channel blocks) jump over the
+    target, a second bisection that only moves the fine-grained groups. ``goal`` names the
+    argument in the error raised when the target cannot be reached."""
     from .plan import n_to_prune
     scores = {g.index: scorer(g) for g in graph.prunable_groups}
     meta_inputs = _to_meta(example_inputs)
@@ -139,7 +209,9 @@ def _search_plan(model, example_inputs, graph, scorer, target_macs, kw) -> dict:
                 if chans:
                     plan[g] = chans
             return plan
-    macs = lambda plan: _macs_of_plan(model, graph, plan, meta_inputs)  # noqa: E731
+    def macs(plan):
+        bar.update()
+        return _macs_of_plan(model, graph, plan, meta_inputs, metric)
 
     def bisect(lo, hi, fixed=None):
         best = None
@@ -155,10 +227,15 @@ def _search_plan(model, example_inputs, graph, scorer, target_macs, kw) -> dict:
             lo, hi = (mid, hi) if m > target_macs else (lo, mid)
         return best, lo, hi
 
+    return _search(plan_at, macs, graph, target_macs, kw, metric, goal, bisect)
+
+
+def _search(plan_at, macs, graph, target_macs, kw, metric, goal, bisect) -> dict:
     top = plan_at(0.99)
-    if macs(top) > target_macs * 1.02:
-        raise PruningError(f"target_speedup cannot be reached: pruning 99% of every group still leaves "
-                           f"{macs(top) / 1e9:.3f} GMACs (target {target_macs / 1e9:.3f})")
+    least = macs(top)
+    if least > target_macs * 1.02:
+        raise PruningError(f"{goal} cannot be reached: pruning 99% of every group still leaves "
+                           f"{_count(least, metric)} (target {_count(int(target_macs), metric)})")
     (err, r, plan), lo, hi = bisect(0.0, 0.99)
     if err > 0.002 and not kw["global_ranking"]:
         lo_plan, hi_plan = plan_at(lo), plan_at(hi)
@@ -176,13 +253,31 @@ def _search_plan(model, example_inputs, graph, scorer, target_macs, kw) -> dict:
     return plan
 
 
+def _scores(graph, scorer, ratio, ratios, global_ranking, searched, round_to, min_channels) -> dict:
+    """Every score the plan will ask for, computed once (the "score" stage), in the order the
+    plan functions would ask, so a seeded random criterion draws the same numbers."""
+    from .plan import n_to_prune
+    groups = graph.prunable_groups
+    if not (global_ranking or searched):
+        per = group_ratios(graph, ratio, ratios)
+        groups = [g for g in groups if n_to_prune(g, per.get(g.index, 0.0), round_to, min_channels)]
+    out = {}
+    with _progress.stage("score", total=len(groups)) as bar:
+        for g in groups:
+            out[g.index] = scorer(g)
+            bar.update()
+    return out
+
+
+@_progress.reports("progress")
 def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, importance="l1", *,
           ratios: Mapping[str, float] | None = None, global_ranking: bool = False, max_ratio: float = 0.9,
-          target_speedup: float | None = None, round_to: int | None = None, min_channels: int = 1,
+          target_speedup: float | None = None, target_macs: int | None = None, target_params: int | None = None,
+          round_to: int | None = None, min_channels: int = 1,
           steps: int = 1, callback: Callable | None = None, progress: bool = False,
           ignored_layers: Iterable = (), leaf_modules: Iterable = (), frozen: Iterable = (),
           attention: str = "heads", calibration: Iterable | None = None,
-          loss_fn: Callable | None = None, verify=True) -> PruneResult:
+          loss_fn: Callable | None = None, optimizer=None, verify=True) -> PruneResult:
     """Prune ``model`` in place and return a ``PruneResult`` (``print`` it for a before/after table).
 
     What goes:
@@ -193,16 +288,23 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
       output channels; other groups get ``ratio`` (0 when not given).
     * ``global_ranking=True``: one threshold over all groups (scores divided by their group's mean),
       at most ``max_ratio`` of any group.
-    * ``target_speedup=2.0``: the ratio is searched so that MACs fall by that factor (within 2%).
+    * ``target_speedup=2.0``: the ratio is searched so that MACs fall by that factor (within 2%);
+      ``target_macs=1e9`` / ``target_params=5e6``: searched so that the pruned model has that many
+      MACs / parameters (one target at most, instead of ``ratio``).
     * ``round_to=8``: kept channel counts are multiples of 8; ``min_channels``: lower bound.
     * ``steps=k``: reach the target in k rounds, re-scoring in between; ``callback(model, round)``
-      runs after each round (e.g. to fine-tune); ``progress=True`` shows a bar.
+      runs after each round (e.g. to fine-tune).
+    * ``progress=True``: a line on stderr for every stage that takes more than half a second
+      (trace, build, score, plan, surgery, verify, count), and a bar over the rounds.
     * ``attention="heads"`` (default) or ``"head_dim"``: the granularity of
       ``nn.MultiheadAttention`` (see :func:`build_graph`).
     * ``verify=True`` (default): every surgery is checked numerically against the original with
       the removed channels zeroed (:mod:`depgraph_prune.verify`); groups that fail are frozen
       with the reason, the rest is planned again, and ``result.verification`` says what was
       checked and how. ``verify="raise"`` raises instead; ``verify=False`` skips the check.
+    * ``optimizer``: a ``torch.optim.Optimizer`` over the model's parameters, created before
+      pruning: its per-parameter state (momentum, Adam moments) is sliced in place to the kept
+      channels (:func:`depgraph_prune.rebuild_optimizer`), so training goes on with it.
 
     ``importance``: a name (``"l1"``, ``"l2"``, ...), an instance from ``dp.importance`` or a callable
     ``(group) -> scores``. Gradient-based criteria need ``calibration`` (an iterable of
@@ -212,16 +314,26 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
 
         >>> import torch, torchvision, depgraph_prune as dp
         >>> model = torchvision.models.resnet18()
-        >>> result = dp.prune(model, torch.randn(1, 3, 224, 224), ratio=0.5)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        >>> result = dp.prune(model, torch.randn(1, 3, 224, 224), ratio=0.5, optimizer=opt)
         >>> result.speedup > 2.5
         True
     """
+    targets = {k: v for k, v in (("target_speedup", target_speedup), ("target_macs", target_macs),
+                                 ("target_params", target_params)) if v is not None}
+    if len(targets) > 1:
+        raise PruningError(f"give one target, not {' and '.join(targets)}")
+    if targets and ratio is not None:
+        raise PruningError(f"give either ratio or {next(iter(targets))}, not both")
     if target_speedup is not None:
-        if ratio is not None:
-            raise PruningError("give either ratio or target_speedup, not both")
         if isinstance(target_speedup, bool) or not isinstance(target_speedup, (int, float)) or not target_speedup > 1:
             raise PruningError(f"target_speedup must be a number > 1, got {target_speedup!r}")
-    elif ratio is not None:
+    for key in ("target_macs", "target_params"):
+        v = targets.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0
+                              or v != v or v == float("inf")):
+            raise PruningError(f"{key} must be a positive number (a count, e.g. 1e9), got {v!r}")
+    if ratio is not None:
         check_ratio(ratio)
     if not isinstance(model, nn.Module):
         raise PruningError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -233,6 +345,8 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
         raise PruningError(f"round_to must be a positive integer, got {round_to!r}")
     if verify not in (True, False, "raise"):
         raise PruningError(f"verify must be True, False or 'raise', got {verify!r}")
+    from .optim import check_optimizer
+    check_optimizer(optimizer, model)
     try:
         scorer = _imp.resolve(importance)
     except ValueError as exc:
@@ -242,10 +356,16 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
         raise PruningError(f"importance={importance!r} needs gradients: pass calibration=<iterable of (inputs, targets)>")
     if needs_grad and steps > 1 and not isinstance(calibration, (list, tuple)) and iter(calibration) is calibration:
         calibration = list(calibration)  # a one-shot iterator must serve every round
+    settings = {"ratio": None if targets or (ratio is None and ratios is not None) else (0.5 if ratio is None else ratio),
+                "ratios": dict(ratios) if ratios is not None else None, **targets,
+                "importance": _importance_name(importance),
+                "scope": f"global ranking (at most {max_ratio:g} of a group)" if global_ranking else "each group",
+                "round_to": round_to, "min_channels": min_channels, "steps": steps, "attention": attention}
     # the graph first: a bad example input gets the tracer's clear message
     graph = build_graph(model, example_inputs, ignored_layers=ignored_layers, leaf_modules=leaf_modules,
                             frozen=frozen, attention=attention)
-    before = count_ops(model, example_inputs)
+    with _progress.stage("count"):
+        before = count_ops(model, example_inputs)
     records, notes, widths, verification = [], list(graph.notes), [], []
     frozen_groups = [(g.members[0].name, n, r) for g in graph.groups for r, n in g.frozen_reasons.most_common()]
     rounds = range(1, steps + 1)
@@ -254,51 +374,78 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
         rounds = tqdm(rounds, desc="pruning rounds")
     kw = dict(ratios=ratios, global_ranking=global_ranking, max_ratio=max_ratio, round_to=round_to,
               min_channels=min_channels, ignored=ignored_layers, leaves=leaf_modules, frozen=frozen)
+    metric = "params" if "target_params" in targets else "macs"
+    base_count = getattr(before, metric)
+    if "target_speedup" in targets:
+        final = before.macs / targets["target_speedup"]
+    else:
+        final = targets.get("target_macs", targets.get("target_params"))
+    if final is not None:
+        key = next(iter(targets))
+        if not base_count:
+            raise PruningError(f"{key} cannot be reached: the model has 0 {'MACs' if metric == 'macs' else 'parameters'} "
+                              "on this input")
+        if final >= base_count and key != "target_speedup":
+            raise PruningError(f"{key}={_count(int(final), metric)} is not below the model's "
+                               f"{_count(base_count, metric)}: nothing would be pruned")
     for i in rounds:
         if i > 1:
             graph = build_graph(model, example_inputs, ignored_layers=ignored_layers, leaf_modules=leaf_modules,
                             frozen=frozen, attention=attention)
         if needs_grad:
-            scorer.accumulate(model, calibration, loss_fn=loss_fn)
-        def make_plan(graph=graph, i=i):
-            if target_speedup is not None:
-                goal = before.macs / target_speedup ** (i / steps)
-                return _search_plan(model, example_inputs, graph, scorer, goal, kw)
+            with _progress.stage("score"):  # the gradient pass over the calibration batches
+                scorer.accumulate(model, calibration, loss_fn=loss_fn)
+        def make_plan(graph=graph, i=i):  # again after verification froze groups
+            if final is not None:
+                base = 0.5 if ratio is None and ratios is None else ratio
+                scores = _scores(graph, scorer, base, ratios, global_ranking, True, round_to, min_channels)
+                goal = base_count * (final / base_count) ** (i / steps) if base_count else 0
+                return _search_plan(model, example_inputs, graph, lambda g: scores[g.index], goal, kw, metric,
+                                    next(iter(targets)))
             base = 0.5 if ratio is None and ratios is None else ratio
             r_ratio, r_ratios = _scale(base, ratios, 1 / steps) if steps > 1 else (base, ratios)
-            return _plan(graph, scorer, r_ratio, r_ratios, global_ranking, max_ratio, round_to, min_channels)
-        record, plan, reports = _apply_verified(graph, make_plan(), make_plan, verify)
+            scores = _scores(graph, scorer, r_ratio, r_ratios, global_ranking, False, round_to, min_channels)
+            with _progress.stage("plan"):
+                return _plan(graph, lambda g: scores[g.index], r_ratio, r_ratios, global_ranking, max_ratio,
+                             round_to, min_channels)
+        record, plan, reports = _apply_verified(graph, make_plan(), make_plan, verify, optimizer)
         verification += reports
         widths += [width_row(g, c) for g, c in plan.items()]
         if record:
             records.append(record)
         if callback is not None:
             callback(model, i)
-    after = count_ops(model, example_inputs)
+    with _progress.stage("count"):
+        after = count_ops(model, example_inputs)
     if not any(True for _ in model.parameters()):
         notes.append("the model has no parameters: nothing to prune")
     elif not records:
         notes.append("no prunable group: every channel is frozen or the ratios select nothing "
                      "(see dp.build_graph(model, x).summary())")
+    elif optimizer is None:
+        notes.append(OPTIMIZER_NOTE)
     for rep in verification:
         notes += rep.notes()
         frozen_groups += [(f"group {gi}", 0, r) for gi, r in rep.guilty.items()]
-    return PruneResult(before, after, widths, records, notes, frozen_groups, verification)
+    return PruneResult(before, after, widths, records, notes, frozen_groups, settings, verification)
 
 
-def _apply_verified(graph, plan, replan, verify):
+def _apply_verified(graph, plan, replan, verify, optimizer=None):
     """Surgery with the numerical check: groups that fail are frozen and the plan is made
     again without them (so a global budget or a speedup target is still met by the others).
     Returns ``(record, plan applied, reports)``."""
     from ._memory import release_free_memory
     from . import verify as _verify
+    from .optim import rebuild_optimizer
     if not plan:
         return {}, {}, []
     if not verify:
-        return graph.prune(plan, verify=False), plan, []
+        with _progress.stage("surgery"):
+            return graph.prune(plan, verify=False, optimizer=optimizer), plan, []
     reports = []
     for _ in range(8):
-        record, report = _verify.apply(graph, plan, mode=verify, keep_partial=False)
+        with _progress.stage("verify"):  # surgery and check together: the check undoes what fails
+            record, report = _verify.apply(graph, plan, mode=verify, keep_partial=False)
         reports.append(report)
         graph.freeze_groups(report.guilty)
         if record is not None:
@@ -310,6 +457,8 @@ def _apply_verified(graph, plan, replan, verify):
     else:  # pragma: no cover - each retry freezes at least one group
         raise PruningError("verification kept failing after 8 re-plans")
     record.pop("undo", None)
+    if optimizer is not None and record:
+        rebuild_optimizer(optimizer, graph.model)
     release_free_memory()
     if record:
         graph._stale = True

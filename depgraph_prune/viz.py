@@ -22,8 +22,8 @@ from typing import Any, Iterable, Sequence
 
 from torch import nn
 
-__all__ = ["plot_widths", "widths_of", "layer_widths", "draw_graph", "draw_group", "member_role", "to_dot",
-           "write_dot", "ROLE_COLORS"]
+__all__ = ["plot_widths", "widths_of", "layer_widths", "draw_graph", "draw_group", "member_role", "module_flow",
+           "to_dot", "write_dot", "ROLE_COLORS"]
 
 #: colour of each member role in the group pictures (also used in the legend)
 ROLE_COLORS = {
@@ -53,7 +53,8 @@ def _mpl():
 
 def _save(fig, path):
     if path is not None:
-        fig.savefig(os.fspath(path), dpi=fig.dpi, bbox_inches="tight")
+        # the padding keeps rotated tick labels and legends off the image's edge
+        fig.savefig(os.fspath(path), dpi=fig.dpi, bbox_inches="tight", pad_inches=0.25)
     return fig
 
 
@@ -125,6 +126,7 @@ def plot_widths(result: Any, path=None, *, after: nn.Module | None = None, title
     ax.set_xticklabels([_short(r[0]) for r in rows], rotation=90, fontsize=7 if n > 30 else 8)
     ax.set_xlim(-0.7, max(len(rows) - 0.3, 0.7))
     ax.set_ylabel("channels")
+    ax.set_xlabel("pruned group (its first pruned member)", fontsize=8, labelpad=8)
     if title is None:
         b, a = sum(before), sum(kept)
         title = (f"{total} pruned groups: {b} → {a} channels ({a / b:.0%} kept)" if b
@@ -283,56 +285,191 @@ def draw_group(graph, group, path=None, *, title: str | None = None):
     return _save(fig, path)
 
 
+def _owner(member) -> str:
+    name = member.name.split("[", 1)[0]
+    return name.rpartition(".")[0]
+
+
+def _run_order(model: nn.Module, example_inputs) -> dict[str, int]:
+    """Module name -> index of its first call in one forward pass (on a weightless meta copy, so
+    nothing is computed and the user's model is not touched); empty when that run fails."""
+    import torch
+    from ._fast_meta import to_meta
+    from .trace import normalize_inputs, structural_copy
+    order: dict[str, int] = {}
+    try:
+        copy_ = structural_copy(model)
+        args, kwargs = normalize_inputs(to_meta(example_inputs))
+        hooks = []
+        for name, mod in copy_.named_modules():
+            def pre(_m, _a, name=name):
+                order.setdefault(name, len(order))
+            hooks.append(mod.register_forward_pre_hook(pre))
+        try:
+            with torch.no_grad():
+                copy_.eval()(*args, **kwargs)
+        finally:
+            for h in hooks:
+                h.remove()
+    except Exception:  # a picture only: fall back to the definition order
+        return {}
+    return order
+
+
+def module_flow(graph) -> list[dict]:
+    """The modules that own group members, in the order the forward pass first calls them (the
+    data flow; modules used only through their parent, such as ``nn.MultiheadAttention.out_proj``,
+    sit with the parent; definition order where that run is not possible). Each entry:
+    ``{"name", "type", "out": group of its output channels or None, "in": group of its input
+    channels or None, "width": its output width or None}``; the model's own parameters (a class
+    token) are listed under the name ``""``."""
+    model = graph.model
+    out_group: dict[str, object] = {}
+    in_group: dict[str, object] = {}
+    for grp in graph.groups:
+        for m in grp.members:
+            owner = _owner(m)
+            role = member_role(model, m)
+            if role == "consumes":
+                in_group.setdefault(owner, grp)
+            else:
+                out_group.setdefault(owner, grp)
+    owners = list(dict.fromkeys(list(out_group) + list(in_group)))
+    defined = {n: i for i, (n, _) in enumerate(model.named_modules())}
+    run = _run_order(model, graph.example_inputs)
+
+    def key(name):
+        probe = name
+        while probe and probe not in run:
+            probe = probe.rpartition(".")[0]
+        first = run.get(probe, -1 if not name else len(run))
+        return (first, defined.get(name, len(defined)))
+
+    widths = layer_widths(model)
+    rows = []
+    for name in sorted(owners, key=key):
+        try:
+            mod = model.get_submodule(name) if name else model
+        except AttributeError:
+            continue
+        rows.append({"name": name, "type": type(mod).__name__, "out": out_group.get(name),
+                     "in": in_group.get(name), "width": widths.get(name)})
+    return rows
+
+
+_PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf",
+            "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5"]
+_FROZEN_FILL = "#d9d9d9"
+
+
 def draw_graph(graph, path=None, *, groups: Sequence | None = None, max_groups: int = 60,
-               title: str | None = None):
-    """Picture of the dependency graph (``graph.to_networkx()``): one column per group, the group
-    node (green: prunable, yellow: partly frozen, red: frozen) on top and its member parameter
-    dims below it, coloured by role (see :func:`member_role`). ``groups`` selects some groups
-    (objects or indices); at most ``max_groups`` are drawn. Saved to ``path`` when given; returns
-    the ``Figure``."""
-    import networkx as nx
+               max_modules: int = 160, columns: int | None = None, title: str | None = None):
+    """Picture of the whole dependency graph: every module that owns a group member is a box,
+    labelled with its name, type and output width, in data-flow order (the order the forward pass
+    calls them: left to right, then the next row; see :func:`module_flow`). A box is filled with
+    the colour of the group that holds its *output* channels, and its left strip shows the group
+    of its *input* channels, so a box whose strip matches an earlier box's fill reads that box's
+    channels (a residual group colours every block output the same). Frozen groups are grey and
+    hatched (``xx``), partly frozen ones hatched (``//``). The legend names each group: index,
+    prunable channels, members, and why it is frozen.
+
+    ``groups`` (objects or indices) limits the picture to the modules of those groups; at most
+    ``max_groups`` groups get their own colour (others are drawn white) and ``max_modules`` boxes
+    are drawn. Saved to ``path`` when given; returns the ``Figure``. The picture of one group is
+    :func:`draw_group`."""
     Figure = _mpl()
-    nxg = graph.to_networkx()
-    chosen = list(graph.groups) if groups is None else [_group_of(graph, g) for g in groups]
-    total = len(chosen)
-    chosen = chosen[:max_groups]
-    pos, roles = {}, {}
-    deepest = 1
-    for col, grp in enumerate(chosen):
-        gnode = ("group", grp.index)
-        pos[gnode] = (col, 0.0)
-        for i, m in enumerate(grp.members):
-            node = (m.name, m.dim)
-            pos[node] = (col, -1.0 - i)
-            roles[node] = member_role(graph.model, m)
-        deepest = max(deepest, len(grp.members))
-    sub = nxg.subgraph(pos.keys())
-    n = max(len(chosen), 1)
-    fig = Figure(figsize=(min(max(6.0, 0.42 * n + 2.5), 40.0), min(max(3.5, 0.2 * deepest + 2.0), 30.0)), dpi=110)
-    ax = fig.add_subplot(1, 1, 1)
+    from matplotlib.patches import Patch, Rectangle
+    rows = module_flow(graph)
+    if groups is not None:
+        keep = {_group_of(graph, g).index for g in groups}
+        rows = [r for r in rows if (r["out"] is not None and r["out"].index in keep)
+                or (r["in"] is not None and r["in"].index in keep)]
+    total = len(rows)
+    rows = rows[:max_modules]
+    seen = []
+    for r in rows:
+        for g in (r["out"], r["in"]):
+            if g is not None and g not in seen:
+                seen.append(g)
+    colored = [g for g in seen if g.prunable][:max_groups]
+    color = {g.index: _PALETTE[i % len(_PALETTE)] for i, g in enumerate(colored)}
+
+    def fill(g):
+        if g is None:
+            return "#ffffff"
+        if not g.prunable:
+            return _FROZEN_FILL
+        return color.get(g.index, "#ffffff")
+
+    def hatch(g):
+        if g is None:
+            return None
+        return "xx" if not g.prunable else ("//" if g.n_frozen else None)
+
+    def cut(text: str, n: int = 30) -> str:  # keep the tail: the part that tells modules apart
+        return text if len(text) <= n else "…" + text[-(n - 1):]
+
+    labels = []
+    for r in rows:
+        what = cut(r["type"], 22) + (f" → {r['width']}" if r["width"] is not None else "")
+        labels.append((cut(r["name"] or "(model)"), what))
+    longest = max([max(len(a), len(b)) for a, b in labels] or [10])
+    n = max(len(rows), 1)
+    cols = columns or max(3, min(6, round((n * 1.2) ** 0.5)))
+    nrows = -(-n // cols)
+    box_w = max(1.3, 0.058 * longest + 0.3)  # inches: the label fits at 6.5 pt
+    box_h, gap_x, gap_y = 0.5, 0.25, 0.22
+    legend_w = 2.9
+    fig_w = min(cols * (box_w + gap_x) + legend_w + 0.6, 60.0)
+    fig_h = min(nrows * (box_h + gap_y) + 0.8, 80.0)
+    fig = Figure(figsize=(fig_w, fig_h), dpi=110)
+    ax = fig.add_axes([0.01, 0.01, (fig_w - legend_w) / fig_w - 0.01, 1 - 0.6 / fig_h])
     ax.set_axis_off()
-    nx.draw_networkx_edges(sub, pos, ax=ax, edge_color="#cccccc", width=0.5)
-    members = [v for v in sub.nodes if v[0] != "group"]
-    gnodes = [v for v in sub.nodes if v[0] == "group"]
-    nx.draw_networkx_nodes(sub, pos, nodelist=members, ax=ax, node_size=12,
-                           node_color=[ROLE_COLORS[roles[v]] for v in members])
-    by_index = {g.index: g for g in chosen}
-    nx.draw_networkx_nodes(sub, pos, nodelist=gnodes, ax=ax, node_size=110, node_shape="s",
-                           node_color=[_group_color(by_index[v[1]]) for v in gnodes], edgecolors="#555555",
-                           linewidths=0.6)
-    for grp in chosen:
-        x, _ = pos[("group", grp.index)]
-        ax.text(x, 0.45, f"{grp.index}", ha="center", va="bottom", fontsize=6)
-        ax.text(x, -1.0 - len(grp.members) + 0.2, f"{grp.size}", ha="center", va="top", fontsize=5, color="#555555")
+    ax.set_xlim(0, cols * (box_w + gap_x))
+    ax.set_ylim(-nrows * (box_h + gap_y), 0.05)
+    strip = 0.16
+    for i, (r, (top, bottom)) in enumerate(zip(rows, labels)):
+        x = (i % cols) * (box_w + gap_x) + gap_x / 2
+        y = -(i // cols + 1) * (box_h + gap_y) + gap_y / 2
+        go, gi = r["out"], r["in"]
+        ax.add_patch(Rectangle((x, y), box_w, box_h, facecolor=fill(go), edgecolor="#444444", linewidth=0.7,
+                               hatch=hatch(go)))
+        if gi is not None and gi is not go:
+            ax.add_patch(Rectangle((x, y), strip, box_h, facecolor=fill(gi), edgecolor="#444444", linewidth=0.7,
+                                   hatch=hatch(gi)))
+        tx = x + (strip if gi is not None and gi is not go else 0) + 0.06
+        ax.text(tx, y + box_h * 0.66, top, fontsize=6.5, va="center", ha="left",
+                bbox=dict(boxstyle="square,pad=0.08", facecolor="white", edgecolor="none", alpha=0.75))
+        ax.text(tx, y + box_h * 0.27, bottom, fontsize=6, va="center", ha="left", color="#222222",
+                bbox=dict(boxstyle="square,pad=0.08", facecolor="white", edgecolor="none", alpha=0.75))
+        if i + 1 < len(rows) and (i + 1) % cols:  # the next box in data-flow order
+            ax.annotate("", xy=(x + box_w + gap_x * 0.9, y + box_h / 2), xytext=(x + box_w + gap_x * 0.1, y + box_h / 2),
+                        arrowprops=dict(arrowstyle="->", color="#888888", lw=0.6))
+    handles = []
+    for g in seen:
+        mods = len({_owner(m) for m in g.members})
+        mods = f"{mods} module{'s' if mods != 1 else ''}"
+        if not g.prunable:
+            why = (g.reason or "frozen").split(" (")[0]
+            lab = f"group {g.index}: frozen, {mods} ({_wrap(why, 34)})"
+        else:
+            lab = f"group {g.index}: {g.size} ch, {mods}" + (f", {g.n_frozen} ch frozen" if g.n_frozen else "")
+        handles.append(Patch(facecolor=fill(g), edgecolor="#444444", hatch=hatch(g), label=lab))
+    more = len(handles) - 40
+    handles = handles[:40]
+    if more > 0:
+        handles.append(Patch(facecolor="white", edgecolor="white", label=f"... {more} more groups"))
+    leg = fig.legend(handles=handles, loc="upper left", bbox_to_anchor=((fig_w - legend_w) / fig_w, 1 - 0.55 / fig_h),
+                     fontsize=6.5, frameon=False, title="fill: output channels' group\nleft strip: input channels' group",
+                     title_fontsize=7)
+    leg._legend_box.align = "left"
     if title is None:
         pr = sum(g.prunable for g in graph.groups)
-        title = (f"{type(graph.model).__name__}: {len(graph.groups)} groups, {pr} prunable "
-                 f"(top: group index; column: its members; bottom: prunable channels)")
-        if total > len(chosen):
-            title += f"; first {len(chosen)} of {total} shown"
-    ax.set_title(title, fontsize=9)
-    _legend(ax, roles.values(), extra=[(_GROUP_OK, "group: prunable"), (_GROUP_PARTLY, "group: partly frozen"),
-                                       (_GROUP_FROZEN, "group: frozen")])
+        title = (f"{type(graph.model).__name__}: {len(graph.groups)} groups ({pr} prunable), {total} modules "
+                 f"in data-flow order")
+        if total > len(rows):
+            title += f"; first {len(rows)} shown"
+    fig.suptitle(title, fontsize=9, x=0.01, ha="left", y=1 - 0.25 / fig_h, va="top")
     return _save(fig, path)
 
 

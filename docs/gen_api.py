@@ -28,13 +28,17 @@ import depgraph_prune as dp  # noqa: E402
 SECTIONS = [
     ("Pruning in one call", ["prune", "PruneResult", "build_graph"]),
     ("The dependency graph", ["DependencyGraph", "Group", "GroupMember"]),
-    ("Measuring", ["count_ops", "OpCount"]),
+    ("Measuring", ["count_ops", "OpCount", "measure_latency"]),
     ("Saving and loading", ["save", "load", "save_state", "load_state", "rebuild_optimizer"]),
     ("Regularized pruning", ["RegularizedPruner", "GReg1", "GReg2", "TPP", "GrowingReg", "OneShot", "OrthP"]),
+    ("Unstructured pruning", ["sparsify", "Sparsity", "LayerSparsity", "keep_masks", "apply_masks", "remove_masks",
+                              "masks", "sparsity_report"]),
     ("Analysis", ["mean_jsv", "filter_norm_separation"]),
     ("Extending: coupling rules", ["register_rule", "unregister_rule"]),
-    ("Errors", ["PruningError", "TraceError", "SurgeryError"]),
-    ("Submodules", ["importance", "specs", "plan", "analysis", "regularize", "rules", "io", "optim", "viz"]),
+    ("Verification", ["Verification"]),
+    ("Errors", ["PruningError", "TraceError", "SurgeryError", "VerificationError"]),
+    ("Submodules", ["importance", "specs", "plan", "analysis", "regularize", "rules", "io", "optim", "viz",
+                     "unstructured", "progress", "verify"]),
 ]
 #: instance attributes that docstrings do not list
 ATTRIBUTES = {

@@ -84,6 +84,18 @@ def test_prune_json_with_options(capsys):
     assert any("ignored_layers" in f["reason"] for f in report["frozen"])
 
 
+def test_prune_verifies_by_default_and_says_so(capsys):
+    code, out, err = run(["prune", *SMALL, "--ratio", "0.5"], capsys)
+    assert code == 0, err
+    assert "verified:" in out and "exact" in out
+    code, out, err = run(["prune", *SMALL, "--ratio", "0.5", "--json"], capsys)
+    ver = json.loads(out)["verification"]
+    assert len(ver) == 1 and ver[0]["exact_groups"] > 0 and ver[0]["max_diff"] <= ver[0]["tolerance"]
+    code, out, err = run(["prune", *SMALL, "--ratio", "0.5", "--json", "--no-verify"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["verification"] == []
+
+
 def test_prune_target_speedup_and_stage_list(capsys):
     code, out, err = run(["prune", *SMALL, "--target-speedup", "2", "--json"], capsys)
     assert code == 0, err
@@ -255,7 +267,14 @@ def test_zoo_no_match(capsys):
     (["prune", *SMALL, "--base", "resnet18"], 2, ["--base is only used with a saved file"]),
     (["prune", *SMALL, "--ignore", "fcc"], 2, ["--ignore 'fcc' is not a submodule", "Did you mean fc"]),
     (["prune", *SMALL, "--importance", "magic"], 2, ["unknown importance 'magic'", "l1"]),
-    (["prune", *SMALL, "--importance", "taylor"], 2, ["needs gradients", "calibration"]),
+    (["prune", *SMALL, "--importance", "taylor"], 2, ["needs gradients", "--calibration N"]),
+    (["prune", *SMALL, "--importance", "l1", "--calibration", "2"], 2, ["only read by the gradient criteria"]),
+    (["prune", *SMALL, "--importance", "taylor", "--calibration", "nope.pt"], 2,
+     ["neither a number of batches nor an existing file"]),
+    (["prune", *SMALL, "--submodule", "layer9"], 2, ["--submodule 'layer9' is not a submodule"]),
+    (["prune", *SMALL, "--target-macs", "lots"], 2, ["expected a count like 2e9"]),
+    (["prune", *SMALL, "--target-macs", "1G", "--ratio", "0.5"], 2, ["not allowed with argument"]),
+    (["prune", *SMALL, "--target-params", "1T"], 1, ["target_params=", "is not below the model's"]),
     (["prune", *SMALL, "--ratios", "conv1=0.5"], 2, ["--ratios"]),
     (["prune", *SMALL, "--out", "no/such/dir/m.dpz"], 2, ["folder of --out", "does not exist"]),
     (["prune", "--model", "no_such_module_xyz:build"], 2, ["cannot import module 'no_such_module_xyz'"]),
@@ -280,13 +299,171 @@ def test_file_without_base_and_corrupt_file(tmp_path, capsys):
     if not HAVE_IO:
         pytest.skip("depgraph_prune.io (save/load) is not available yet")
     code, out, err = run(["inspect", "--model", bad, "--base", "resnet18"], capsys)
-    assert_error(code, err, 1, "cannot load", "--base names the architecture")
+    assert_error(code, err, 1, "cannot load", "damaged or was not written by depgraph-prune")
+    assert "--base names the architecture" not in err  # not the cause here
 
 
 @needs_io
 def test_file_of_another_architecture(saved, capsys):
     code, out, err = run(["inspect", "--model", saved, "--base", "resnet34", "--input-shape", "1,3,32,32"], capsys)
     assert_error(code, err, 1, "cannot load", "resnet34")
+
+
+# ============================================================================ issue 15: messages
+def test_importance_choices_are_what_the_cli_accepts(capsys):
+    code, out, err = run(["prune", *SMALL, "--importance", "l3"], capsys)
+    assert_error(code, err, 2, "unknown importance 'l3'")
+    listed = err.split("Use one of", 1)[1]
+    plain, grad = listed.split("with --calibration also")
+    for name in ("l1", "l2", "fpgm", "lamp", "bn_scale", "random"):
+        assert name in plain
+    assert "taylor" not in plain and "hessian" not in plain  # only offered with --calibration
+    assert "taylor" in grad and "hessian" in grad
+
+
+def test_meta_device_error_names_the_flag(tmp_path, capsys, monkeypatch):
+    (tmp_path / "metanet.py").write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+        def build():
+            with torch.device("meta"):
+                return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    """))
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(["prune", "--model", "metanet.py:build", "--input-shape", "1,3,8,8"], capsys)
+    assert_error(code, err, 2, "meta device", "--importance random")
+    assert "importance='random'" not in err  # the flag, not Python advice
+    code, out, err = run(["prune", "--model", "metanet.py:build", "--input-shape", "1,3,8,8", "--importance",
+                          "random", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["widths"] == [{"name": "0.weight", "before": 8, "after": 4}]
+
+
+@needs_io
+def test_load_errors_are_specific_to_their_cause(saved, tmp_path, capsys):
+    from depgraph_prune import io as dp_io
+    # checksum mismatch: a re-signed header is fine, an edited weight is not
+    header, checksum, tensors = dp_io._read_raw(saved)
+    name = next(iter(tensors))
+    tensors = dict(tensors, **{name: tensors[name] + 1})
+    from safetensors.torch import save_file
+    bad = tmp_path / "tampered.dpz"
+    save_file(tensors, str(bad), metadata={dp_io._HEADER_KEY: header, dp_io._CHECKSUM_KEY: checksum})
+    code, out, err = run(["inspect", "--model", bad, "--base", "resnet18"], capsys)
+    assert_error(code, err, 1, "checksum mismatch", "changed or damaged after it was saved")
+    assert "--base names" not in err
+    # a newer format version
+    head = json.loads(header)
+    head["version"] = dp_io.FORMAT_VERSION + 1
+    newer = tmp_path / "newer.dpz"
+    dp_io._write(newer, json.dumps(head), dict(dp_io._read_raw(saved)[2]))
+    code, out, err = run(["inspect", "--model", newer, "--base", "resnet18"], capsys)
+    assert_error(code, err, 1, "newer", "Upgrade depgraph-prune")
+    # the safetensors package missing (it is a dependency, but a --no-deps install may lack it)
+    import depgraph_prune.cli as c
+    orig = dp_io._have_safetensors
+    try:
+        dp_io._have_safetensors = lambda: False
+        code, out, err = run(["inspect", "--model", saved, "--base", "resnet18"], capsys)
+    finally:
+        dp_io._have_safetensors = orig
+    assert_error(code, err, 1, "safetensors", "pip install safetensors")
+    assert c is cli
+
+
+@needs_io
+def test_base_is_suggested_from_the_file(saved, tmp_path, capsys):
+    assert json.loads(json.dumps(__import__("depgraph_prune").io.read_header(saved)))["arch"] == "resnet18"
+    code, out, err = run(["inspect", "--model", saved], capsys)
+    assert_error(code, err, 2, "needs --base", "its header records resnet18", "Add --base resnet18")
+    assert "resnet50" not in err
+    code, out, err = run(["inspect", "--model", saved, "--base", "resnet50", "--input-shape", "1,3,32,32"], capsys)
+    assert_error(code, err, 1, "cannot load", "saved from resnet18", "pass --base resnet18")
+    # a file written by dp.save without `arch`: the tensor names tell the architecture
+    import depgraph_prune as dp
+    m = torchvision.models.resnet34()
+    dp.prune(m, torch.randn(1, 3, 32, 32), ratio=0.3)
+    dp.save(m, tmp_path / "r34.dpz")
+    code, out, err = run(["inspect", "--model", tmp_path / "r34.dpz"], capsys)
+    assert_error(code, err, 2, "needs --base", "match resnet34", "Add --base resnet34")
+
+
+@needs_io
+def test_submodule_prune_save_and_reload(tmp_path, capsys):
+    out_file = tmp_path / "bb.dpz"
+    argv = ["prune", "--model", "fasterrcnn_mobilenet_v3_large_320_fpn", "--submodule", "backbone.body",
+            "--input-shape", "1,3,64,64", "--ratio", "0.3", "--out", out_file]
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    assert "fasterrcnn_mobilenet_v3_large_320_fpn.backbone.body on 1x3x64x64" in out
+    assert "--submodule backbone.body" in out
+    code, out, err = run(["inspect", "--model", out_file, "--base", "fasterrcnn_mobilenet_v3_large_320_fpn",
+                          "--submodule", "backbone.body", "--input-shape", "1,3,64,64", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["n_groups"] > 0
+
+
+def test_gradient_criteria_with_calibration(tmp_path, capsys):
+    code, out, err = run(["prune", *SMALL[:2], "--input-shape", "2,3,32,32", "--importance", "taylor",
+                          "--calibration", "2", "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["importance"] == "taylor" and report["calibration"] == "2" and report["speedup"] > 1
+    # a file of saved inputs, with targets
+    torch.save({"inputs": [torch.randn(2, 3, 32, 32)], "targets": [torch.tensor([1, 7])]}, tmp_path / "cal.pt")
+    code, out, err = run(["prune", *SMALL[:2], "--input-shape", "2,3,32,32", "--importance", "hessian",
+                          "--calibration", tmp_path / "cal.pt", "--json"], capsys)
+    assert code == 0, err
+    torch.save({"weights": 1}, tmp_path / "odd.pt")
+    code, out, err = run(["prune", *SMALL, "--importance", "taylor", "--calibration", tmp_path / "odd.pt"], capsys)
+    assert_error(code, err, 2, "is not a tensor, a list of tensors")
+    with pytest.raises(SystemExit):
+        cli.main(["prune", "--help"])
+    out = capsys.readouterr().out
+    assert "--calibration" in out and "predictions" in out and "taylor and hessian" in out
+
+
+def test_target_params_from_the_cli(capsys):
+    """(--target-macs takes the same path: dp.prune's search, tested in test_newcomer.py.)"""
+    code, out, err = run(["prune", *SMALL, "--target-params", "3M", "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert abs(report["after"]["params"] / 3e6 - 1) < 0.02 and report["target_params"] == 3_000_000
+    assert report["settings"]["target_params"] == 3_000_000
+
+
+def test_prune_header_names_settings_and_columns(capsys):
+    code, out, err = run(["prune", *SMALL, "--ratio", "0.5", "--global-ranking"], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[1].startswith("settings: ratio=0.5 (fraction of each group's channels removed), importance=l1, "
+                               "scope=global ranking")
+    assert "after/before" in lines[2] and "MMACs" in lines[3]
+
+
+def test_progress_on_the_command_line(capsys, monkeypatch):
+    from depgraph_prune import progress
+    monkeypatch.setattr(progress, "DELAY", 0.0)
+    code, out, err = run(["prune", *SMALL, "--ratio", "0.5", "--progress"], capsys)
+    assert code == 0, err
+    for stage in ("trace", "build", "score", "plan", "surgery", "count"):
+        assert progress.LABELS[stage] in err
+    assert progress.LABELS["trace"] not in out  # stdout stays the table
+    code, out, err = run(["prune", *SMALL, "--ratio", "0.5"], capsys)  # stderr is not a terminal here
+    assert code == 0 and err == ""
+    code, out, err = run(["inspect", *SMALL, "--progress"], capsys)
+    assert code == 0 and progress.LABELS["build"] in err
+
+
+@needs_io
+def test_saved_file_mode_follows_the_umask(tmp_path, capsys):
+    old = os.umask(0o022)
+    try:
+        code, out, err = run(["prune", *SMALL, "--out", tmp_path / "m.dpz", "--json"], capsys)
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    assert os.stat(tmp_path / "m.dpz").st_mode & 0o777 == 0o644
 
 
 def test_verbose_shows_traceback(capsys):
@@ -360,3 +537,10 @@ def test_viz_widths_roles_and_dot(tmp_path):
     assert "Group 1" in fig.axes[0].get_title()
     viz.draw_graph(graph, tmp_path / "g.svg", groups=[1, 2])
     assert (tmp_path / "g.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_prune_output_has_no_optimizer_advice(capsys):
+    """The command line has no optimizer: the Python API's note about one is left out."""
+    code, out, err = run(["prune", *SMALL, "--ratio", "0.5"], capsys)
+    assert code == 0, err
+    assert "optimizer" not in out

@@ -77,3 +77,16 @@ def test_tpp_ablation(tmp_path):
         if r["variant"] != "L1 one-shot":
             # the staged zeroing makes the removal exact: same accuracy before / after the surgery
             assert r["pruned"] == pytest.approx(r["before_removal"])
+
+
+def test_unstructured_greg(tmp_path):
+    payload, res = _run("exp_unstructured_greg", tmp_path)
+    assert [s["sparsity"] for s in res["summary"]] == [0.8, 0.95]
+    for row in res["rows"]:
+        assert abs(row["achieved"] - row["sparsity"]) < 0.01  # ceil per layer: at or just above
+        for k in ("oneshot_pruned", "greg1_pruned", "greg2_pruned", "oneshot_ft", "greg1_ft", "greg2_ft",
+                  "oneshot_long_ft"):
+            assert 0 <= row[k] <= 100
+        assert 0 < row["greg1_iters"] < row["greg2_iters"]  # GReg-2 adds its pick phase
+        assert 0 <= row["greg2_overlap"] <= 1
+    assert res["table_md"].count("\n") == 3

@@ -1,6 +1,6 @@
 """Save and reload (``depgraph_prune.io``): a pruned model written with ``save`` and replayed by
 ``load`` into a freshly built model gives bit-identical outputs, weights, widths and record, in
-both containers; a corrupt, truncated, tampered, foreign or newer-version file, or a record that
+safetensors files and in files of the earlier torch-archive container (still read); a corrupt, truncated, tampered, foreign or newer-version file, or a record that
 does not fit the model, raises a ``LoadError`` and leaves the model exactly as it was; loading
 never runs code from the file; the regularizer's state round-trips the same way."""
 from __future__ import annotations
@@ -22,10 +22,28 @@ from depgraph_prune.io import FormatError, LoadError, ModelMismatchError
 from depgraph_prune.models import digits_cnn
 from depgraph_prune.regularize import RegularizedPruner
 
-HAVE_SAFETENSORS = dio._have_safetensors()
-CONTAINERS = [pytest.param("safetensors", marks=pytest.mark.skipif(not HAVE_SAFETENSORS,
-                                                                    reason="safetensors is not installed")),
-              "torch"]
+# "safetensors": what save writes; "torch": a file of the earlier torch.save container, made by the
+# old writer (kept in io._write for this) from the same header and tensors: it must still load.
+CONTAINERS = ["safetensors", "torch"]
+
+
+def legacy_copy(path, out):
+    """Rewrite a saved file in the earlier torch-archive container (header, checksum, tensors as is)."""
+    header, _, tensors = dio._read_raw(path)
+    dio._write(out, header, tensors, "torch")
+    with open(out, "rb") as f:
+        assert f.read(4) == b"PK\x03\x04"  # really the zip container
+
+
+def save_in(container, fn, obj, path):
+    """``fn(obj, path)`` (dio.save / dio.save_state), then, for "torch", the same file in the old container."""
+    if container == "safetensors":
+        fn(obj, path)
+        return
+    tmp = f"{path}.st"
+    fn(obj, tmp)
+    legacy_copy(tmp, path)
+    os.unlink(tmp)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -183,7 +201,7 @@ def test_round_trip_is_bit_identical(name, container, tmp_path):
 
 
 def dp_save(model, path, container):
-    dio.save(model, path, container=container)
+    save_in(container, dio.save, model, path)
     assert os.path.getsize(path) > 0
     assert not [p for p in os.listdir(os.path.dirname(path)) if p.startswith(".depgraph_prune-")]  # no temp left
 
@@ -251,10 +269,8 @@ def saved(tmp_path_factory):
     model, _ = _pruned("net_twice")
     out = {}
     for c in ("safetensors", "torch"):
-        if c == "safetensors" and not HAVE_SAFETENSORS:
-            continue
         p = tmp_path_factory.mktemp(c) / "m"
-        dio.save(model, p, container=c)
+        save_in(c, dio.save, model, p)
         out[c] = (p, p.read_bytes())
     return out
 
@@ -312,7 +328,6 @@ def test_tampered_tensor_with_valid_container_is_detected(saved, tmp_path):
     _expect_load_error(tmp_path / "t", FormatError, match="checksum")
 
 
-@pytest.mark.skipif(not HAVE_SAFETENSORS, reason="safetensors is not installed")
 def test_tampered_record_is_detected(saved, tmp_path):
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -354,8 +369,6 @@ def test_foreign_files_are_refused(bad, tmp_path):
     elif bad == "text":
         p.write_text("hello, I am not a model\n" * 20)
     elif bad == "plain_safetensors":
-        if not HAVE_SAFETENSORS:
-            pytest.skip("safetensors is not installed")
         from safetensors.torch import save_file
         save_file(_build("net").state_dict(), str(p))
     elif bad == "plain_torch":
@@ -565,13 +578,13 @@ def test_regularizer_state_round_trips_and_resumes_exactly(container, tmp_path):
     pruner = RegularizedPruner(model, X[:1], "greg1", ratio=0.5, interval=2, delta=0.05)
     fresh_state = pruner.state_dict()
     assert any(g["h"] != g["h"] for g in fresh_state["groups"])  # NaN (no ratio observed yet) survives
-    dio.save_state(fresh_state, tmp_path / "fresh", container=container)
+    save_in(container, dio.save_state, fresh_state, tmp_path / "fresh")
     assert _state_equal(fresh_state, dio.load_state(tmp_path / "fresh"))
     run(pruner, model, opt, 5)
     state = pruner.state_dict()
-    dio.save_state(state, tmp_path / "reg", container=container)
-    dio.save_state(opt.state_dict(), tmp_path / "opt", container=container)  # int keys, nested dicts
-    dio.save(model, tmp_path / "model", container=container)
+    save_in(container, dio.save_state, state, tmp_path / "reg")
+    save_in(container, dio.save_state, opt.state_dict(), tmp_path / "opt")  # int keys, nested dicts
+    save_in(container, dio.save, model, tmp_path / "model")
     loaded = dio.load_state(tmp_path / "reg")
     assert _state_equal(state, loaded)
     assert _state_equal(opt.state_dict(), dio.load_state(tmp_path / "opt"))
@@ -730,3 +743,44 @@ def test_state_that_does_not_match_the_record_is_reset_with_a_warning():
     assert victim not in opt.state or not opt.state[victim]
     _train(model, opt, X, Y, 2)  # the reset parameter starts afresh
     assert opt.state[victim]["exp_avg"].shape == victim.shape
+
+
+# ======================================================================================= one format, file mode
+def test_save_writes_safetensors_only(tmp_path):
+    """One format: whatever is installed, save and save_state write safetensors (no container choice)."""
+    from safetensors import safe_open
+    model, _ = _pruned("net")
+    dio.save(model, tmp_path / "m.dpz", arch="tests.Net")
+    dio.save_state({"a": torch.ones(2)}, tmp_path / "s.dpz")
+    for name in ("m.dpz", "s.dpz"):
+        with safe_open(str(tmp_path / name), framework="pt") as f:
+            assert dio._HEADER_KEY in f.metadata()
+    assert dio.read_header(tmp_path / "m.dpz")["arch"] == "tests.Net"
+    with pytest.raises(TypeError):
+        dio.save(model, tmp_path / "x", container="torch")  # the choice is gone
+
+
+def test_legacy_torch_container_file_loads(tmp_path):
+    """A file in the earlier torch.save container (old writer) loads bit-identically, and its state too."""
+    model, x = _pruned("net")
+    dio.save(model, tmp_path / "new")
+    legacy_copy(tmp_path / "new", tmp_path / "old")
+    fresh = dio.load(tmp_path / "old", _build("net", seed=9))
+    assert_same_model(model, fresh, x)
+    dio.save_state({"k": [1, 2.5, torch.arange(3)]}, tmp_path / "snew")
+    legacy_copy(tmp_path / "snew", tmp_path / "sold")
+    back = dio.load_state(tmp_path / "sold")
+    assert back["k"][:2] == [1, 2.5] and torch.equal(back["k"][2], torch.arange(3))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_saved_files_follow_the_umask(umask, tmp_path):
+    model, _ = _pruned("net")
+    old = os.umask(umask)
+    try:
+        dio.save(model, tmp_path / "m.dpz")
+        dio.save_state({"a": 1}, tmp_path / "s.dpz")
+    finally:
+        os.umask(old)
+    for name in ("m.dpz", "s.dpz"):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == 0o666 & ~umask, name

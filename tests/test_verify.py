@@ -256,3 +256,31 @@ def test_a_failure_anywhere_in_a_verified_prune_leaves_the_model_intact(monkeypa
         assert m(x).shape == (1, 4, 6, 6)
         frozen = [g for g in graph.groups if g.verify_reason]
         assert m[0].out_channels == (8 if any(g.members[0].name.startswith("0.") for g in frozen) else 6)
+
+
+class Chain(nn.Module):
+    def __init__(self, flip=False):
+        super().__init__()
+        self.flip = flip
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.b(h.flip(1) if self.flip else h)
+
+
+def test_load_checks_that_the_record_replays_to_a_function_preserving_prune(tmp_path):
+    torch.manual_seed(0)
+    m, x = Chain(), torch.randn(1, 3, 6, 6)
+    dp.prune(m, x, ratio=0.5)
+    path = tmp_path / "chain.dpz"
+    dp.save(m, path)
+    loaded = dp.load(path, Chain(), example_inputs=x)  # the same architecture: accepted
+    assert torch.equal(loaded(x), m(x))
+    # same parameter names and shapes, different wiring: the shapes replay, the function does not
+    other = Chain(flip=True)
+    before = _state(other)
+    with pytest.raises(dp.ModelMismatchError, match="does not replay to a function-preserving prune"):
+        dp.load(path, other, example_inputs=x)
+    assert _same(before, _state(other)) and other.a.out_channels == 8

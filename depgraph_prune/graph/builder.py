@@ -8,6 +8,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from .. import progress as _progress
 from .. import trace as _trace
 from . import rules  # noqa: F401  (registers the rules)
 from ..errors import PruningError
@@ -249,10 +250,12 @@ def build_context(model: nn.Module, example_inputs: Any, leaf_names: Iterable[st
     ctx = BuildContext(model, dict(model.named_modules(remove_duplicate=False)), attention=attention)
     ctx.canonical = _canonical_names(model)
     ctx.hooked = _hooked_modules(real)
-    tr = _trace.trace(model, example_inputs, leaf_types=leaf_types, leaf_names=leaf_names, training=False,
-                      real_model=real)
+    with _progress.stage("trace"):
+        tr = _trace.trace(model, example_inputs, leaf_types=leaf_types, leaf_names=leaf_names, training=False,
+                          real_model=real)
     ctx.opaque = dict(tr.opaque)
-    walk(ctx, tr.gm, tr.decided)
+    with _progress.stage("build"):
+        walk(ctx, tr.gm, tr.decided)
     reached = set(tr.reached_params)
     all_params = {n for n, _ in model.named_parameters()}
     notes = []
@@ -261,10 +264,12 @@ def build_context(model: nn.Module, example_inputs: Any, leaf_names: Iterable[st
         # add the training-mode graph's constraints so both modes stay valid.
         snapshot = ctx.snapshot()
         try:
-            tr2 = _trace.trace(model, example_inputs, leaf_types=leaf_types, leaf_names=leaf_names, training=True,
-                               real_model=real)
+            with _progress.stage("trace"):  # training mode
+                tr2 = _trace.trace(model, example_inputs, leaf_types=leaf_types, leaf_names=leaf_names,
+                                   training=True, real_model=real)
             ctx.opaque.update(tr2.opaque)
-            walk(ctx, tr2.gm, tr2.decided)
+            with _progress.stage("build"):
+                walk(ctx, tr2.gm, tr2.decided)
             reached |= tr2.reached_params
         except Exception as exc:
             ctx.restore(snapshot)  # a half-walked graph would be inconsistent

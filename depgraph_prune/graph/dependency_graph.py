@@ -37,7 +37,9 @@ class DependencyGraph:
         self._freeze_modules(ctx, self._names(frozen, "frozen"))
         self._ctx = ctx
         self._output_structure = ctx.output_structure
-        self.groups: list[Group] = make_groups(ctx, self)
+        from .. import progress
+        with progress.stage("build"):  # the groups: connected components of the couplings
+            self.groups: list[Group] = make_groups(ctx, self)
         self._member_group = {(m.name, m.dim): g for g in self.groups for m in g.members}
 
     # -- construction helpers ---------------------------------------------------------------
@@ -119,7 +121,8 @@ class DependencyGraph:
         return [g for g in self.groups if g.prunable]
 
     # -- surgery ------------------------------------------------------------------------------
-    def prune(self, plan: Mapping[Group, Sequence[int]], *, validate: bool = True, verify=True) -> dict:
+    def prune(self, plan: Mapping[Group, Sequence[int]], *, validate: bool = True, verify=True,
+              optimizer=None) -> dict:
         """Remove the given channels of each group, all or nothing. Returns the kept indices
         per ``"name:dim"``. The graph is stale afterwards: build a new one to go on.
 
@@ -130,14 +133,18 @@ class DependencyGraph:
         :class:`~depgraph_prune.verify.VerificationError` instead, the model restored;
         ``verify=False`` skips the comparison. ``validate`` (with ``verify=False``): the pruned
         model is still run once on meta tensors; if it fails or its output structure changed,
-        the surgery is undone and ``SurgeryError`` is raised: a broken model never comes out."""
+        the surgery is undone and ``SurgeryError`` is raised: a broken model never comes out.
+        ``optimizer``: its per-parameter state is sliced to the kept channels once the surgery
+        stands (:func:`depgraph_prune.rebuild_optimizer`)."""
         from .._memory import release_free_memory
+        from ..optim import check_optimizer, rebuild_optimizer
         from ..surgery import apply_plan, check_runs
         from .. import verify as _verify
         if getattr(self, "_stale", False):
             raise PruningError("this graph was already used to prune its model; build a new graph")
         if verify not in (True, False, "raise"):
             raise PruningError(f"verify must be True, False or 'raise', got {verify!r}")
+        check_optimizer(optimizer, self.model)
         if verify:
             record, report = _verify.apply(self, plan, mode=verify, keep_partial=True)
             self.last_verification = report
@@ -155,6 +162,8 @@ class DependencyGraph:
                     raise SurgeryError(f"the pruned model failed its check ({problem}); the surgery was undone. "
                                        f"Please report this model: a coupling rule is missing a case.")
         record.pop("undo", None)  # with it go the removed channels the undo kept
+        if optimizer is not None and record:
+            rebuild_optimizer(optimizer, self.model)
         release_free_memory()
         if record:
             self._stale = True

@@ -92,14 +92,15 @@ class Group:
                 seen.append(owner)
         return seen
 
-    def prune(self, channels: Sequence[int], *, verify=True) -> None:
+    def prune(self, channels: Sequence[int], *, verify=True, optimizer=None) -> None:
         """Remove exactly these channels from every member, in the user's model, all or nothing.
 
         With ``verify`` (default) the pruned model must compute what the original computes with
         these channels zeroed (see :mod:`depgraph_prune.verify`); if it does not, nothing is
-        pruned, the group is frozen and :class:`~depgraph_prune.verify.VerificationError` is raised."""
+        pruned, the group is frozen and :class:`~depgraph_prune.verify.VerificationError` is raised.
+        ``optimizer``: its state (momentum, Adam moments) is sliced along, in place."""
         from ..verify import VerificationError
-        self._graph.prune({self: list(channels)}, verify=verify)
+        self._graph.prune({self: list(channels)}, verify=verify, optimizer=optimizer)
         report = getattr(self._graph, "last_verification", None)
         if report is not None and self.index in report.guilty:
             raise VerificationError(f"group {self.index} ({self.members[0].name}): {report.guilty[self.index]}; "

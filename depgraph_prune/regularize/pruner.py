@@ -18,7 +18,7 @@ Typical loop (GReg-1)::
     optimizer = make_optimizer(model)    # fresh optimizer for fine-tuning (as in the papers)
 
 The surgery keeps parameter objects (``param.data`` is swapped) but their optimizer state (momentum)
-has the old shapes: build a new optimizer after ``prune()``.
+has the old shapes: pass it along (``pruner.prune(optimizer=optimizer)``) to have it sliced, or build a new optimizer.
 
 Distributed data parallel (``torch.nn.parallel.DistributedDataParallel``)
 -------------------------------------------------------------------------
@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import math
 import warnings
 from typing import Any, Callable, Iterable
@@ -76,7 +77,7 @@ from .. import importance as _imp
 from ..analysis import _separation, filter_l1_norms
 from ..errors import PruningError
 from ..measure import count_ops
-from ..prune import PruneResult, build_graph, select_channels, width_row
+from ..prune import OPTIMIZER_NOTE, PruneResult, build_graph, select_channels, width_row
 from ..specs import match_ratio, name_patterns, resnet_stages, validate_ratios
 from .methods import Method, make_method
 
@@ -296,7 +297,7 @@ def _producer_member(group):
     return next((m for m in params if m.dim == 0), params[0])
 
 
-def _make_result(before, after, widths, record: dict, notes: list) -> PruneResult:
+def _make_result(before, after, widths, record: dict, notes: list, settings: dict | None = None) -> PruneResult:
     """A ``PruneResult`` whatever its field names (``record`` dict, or ``records`` list + ``notes``)."""
     names = {f.name for f in dataclasses.fields(PruneResult)}
     kw = {}
@@ -306,6 +307,8 @@ def _make_result(before, after, widths, record: dict, notes: list) -> PruneResul
         kw["record"] = record
     if "notes" in names:
         kw["notes"] = notes
+    if "settings" in names and settings:
+        kw["settings"] = settings
     return PruneResult(before=before, after=after, widths=widths, **kw)
 
 
@@ -364,14 +367,30 @@ class RegularizedPruner:
             regularized group's producing layer at every update in ``self.separation``.
         log_hook: callable receiving ``{"t", "phase", "max_lambda", "mag_ratio", "lambda_t"}`` at
             every update.
+        granularity: ``"channel"`` (default, filter pruning through the engine) or ``"weight"``
+            (unstructured: ``sparsity=`` instead of ``ratio``; see
+            :class:`~depgraph_prune.regularize.weights.WeightRegularizedPruner`).
 
     A group is regularized iff its ratio is > 0 and ``n_p = min(ceil(r * size), size - 1) > 0``.
     """
 
+    def __new__(cls, *args, granularity: str = "channel", **kwargs):
+        # granularity="weight" (unstructured GReg) is its own class; see regularize/weights.py
+        if cls is RegularizedPruner and granularity == "weight":
+            from .weights import WeightRegularizedPruner
+            return super().__new__(WeightRegularizedPruner)
+        return super().__new__(cls)
+
     def __init__(self, model: nn.Module, example_inputs: Any, method="greg1", ratio: float | None = None,
                  ratios=None, ignored_layers: Iterable = (), importance="l1", progress: bool = False, *,
                  record_separation: bool = False, log_hook: Callable[[dict], Any] | None = None,
-                 leaf_modules: Iterable[str] = (), attention: str = "heads", **method_kwargs):
+                 leaf_modules: Iterable[str] = (), attention: str = "heads", granularity: str = "channel",
+                 sparsity=None, **method_kwargs):
+        if granularity != "channel":
+            raise ValueError(f"granularity must be 'channel' or 'weight', got {granularity!r}")
+        if sparsity is not None:
+            raise ValueError("sparsity= is the amount of weights pruned at granularity='weight'; for channels "
+                             "give ratio= / ratios=, or add granularity='weight'")
         model = _unwrap_parallel(model)
         self.model = model
         self.example_inputs = example_inputs
@@ -599,10 +618,15 @@ class RegularizedPruner:
         self.progress = False
 
     # -- surgery -------------------------------------------------------------------------------------------
-    def prune(self) -> PruneResult:
+    def prune(self, optimizer=None, *, verify=True) -> PruneResult:
         """Remove ``S_p`` of every regularized group from the model (in place, through the
         engine) and return a :class:`~depgraph_prune.prune.PruneResult`. GReg-2 before its pick and
-        GrowingReg choose ``S_p`` now, on the current weights. Build a new optimizer afterwards."""
+        GrowingReg choose ``S_p`` now, on the current weights. Pass the training ``optimizer`` to
+        have its state (momentum, Adam moments) sliced along in place; without it, call
+        ``dp.rebuild_optimizer(optimizer, model)`` or build a new optimizer afterwards.
+
+        ``verify`` as in :func:`depgraph_prune.prune`: the surgery is checked numerically; a
+        group whose removal changes the output is kept (``result.verification`` says which)."""
         self._check_live("prune")
         self._close_bar()
         if not self.done and self.method.warn_if_not_done:
@@ -617,15 +641,28 @@ class RegularizedPruner:
         plan = {gs.group: list(gs.pruned) for gs in self._groups if gs.pruned}
         inputs = _to_device(self.example_inputs, self._device())
         before = count_ops(self.model, inputs)
-        widths = [width_row(g, c) for g, c in plan.items()]
-        record = self.graph.prune(plan) if plan else {}
+        record = self.graph.prune(plan, verify=verify, optimizer=optimizer) if plan else {}
+        report = getattr(self.graph, "last_verification", None)
+        guilty = report.guilty if report is not None else {}
+        widths = [width_row(g, c) for g, c in plan.items() if g.index not in guilty]
         self.method.after_prune(self)
         after = count_ops(self.model, inputs)
         self.phase = "pruned"
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        return _make_result(before, after, widths, record, list(getattr(self.graph, "notes", []) or []))
+        notes = list(getattr(self.graph, "notes", []) or []) + (report.notes() if report is not None else [])
+        if record and optimizer is None:
+            notes.append(OPTIMIZER_NOTE.replace("dp.prune", "prune()"))
+        from ..prune import _importance_name
+        settings = {"ratio": self.ratio, "ratios": self.ratios if isinstance(self.ratios, dict) else None,
+                    "importance": f"{_importance_name(self.importance)} after {type(self.method).__name__} "
+                                  "regularization",
+                    "scope": "each regularized group"}
+        result = _make_result(before, after, widths, record, notes, settings)
+        if report is not None and hasattr(result, "verification"):
+            result.verification = [report]
+        return result
 
     def _check_structure(self) -> None:
         for gs in self._groups:
@@ -719,3 +756,12 @@ class RegularizedPruner:
         self.separation = {k: [list(r) for r in v] for k, v in state.get("separation", {}).items()}
         for gs in self._groups:
             self.separation.setdefault(gs.producer, [])
+
+
+def _init_signature(cls) -> inspect.Signature:
+    """The constructor's signature for ``inspect`` / ``help()`` (``__new__`` only dispatches)."""
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    return inspect.Signature(params)
+
+
+RegularizedPruner.__signature__ = _init_signature(RegularizedPruner)

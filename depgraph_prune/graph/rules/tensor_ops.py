@@ -726,7 +726,7 @@ def reduction(ctx, node, args, kwargs, out):
         if isinstance(o, TV):
             o.track = dict(track)
     reduced = [x.track[d] for d in dims if d in x.track]
-    if isinstance(out, (tuple, list)) and len(out) == 2 and reduced:  # (values, indices)
+    if name in ("max", "min") and isinstance(out, (tuple, list)) and len(out) == 2 and reduced:  # (values, indices)
         outs[1].track = {}
         return IndexedResult(out, np.concatenate(reduced), ctx.where())
     return out
