@@ -76,9 +76,10 @@ def models(names):
     import torchvision
     for name in names:
         if name == "llama4":
-            yield name, lambda: Llama(), torch.randint(0, 8000, (1, 64))
+            yield name, lambda: Llama(), torch.randint(0, 8000, (1, 64)), None
         else:
-            yield name, (lambda n=name: getattr(torchvision.models, n)()), torch.randn(1, 3, 224, 224)
+            small = torch.randn(1, 3, 64, 64) if not name.startswith("vit") else None
+            yield name, (lambda n=name: getattr(torchvision.models, n)()), torch.randn(1, 3, 224, 224), small
 
 
 def main(argv=None):
@@ -88,25 +89,31 @@ def main(argv=None):
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, 1 thread, median of {args.repeat}")
-    print(f"{'model':<12}{'verify=False':>14}{'verify=True':>13}{'ratio':>8}  check")
-    for name, make, x in models(args.models.split(",")):
-        times = {False: [], True: []}
+    print(f"{'model':<12}{'verify=False':>14}{'verify=True':>13}{'ratio':>8}{'64x64 check':>13}{'ratio':>8}  check")
+    for name, make, x, small in models(args.models.split(",")):
+        kinds = ["off", "on"] + (["small"] if small is not None else [])
+        times = {k: [] for k in kinds}
         rep = None
         for _ in range(args.repeat):
-            for verify in (False, True):  # alternating, so drift hits both alike
+            for kind in kinds:  # alternating, so drift hits all alike
                 torch.manual_seed(0)
                 m = make().eval()
+                kw = {"verify": kind != "off"}
+                if kind == "small":
+                    kw["verify_inputs"] = small
                 t = time.perf_counter()
-                res = dp.prune(m, x, ratio=0.5, verify=verify)
-                times[verify].append(time.perf_counter() - t)
-                if verify:
+                res = dp.prune(m, x, ratio=0.5, **kw)
+                times[kind].append(time.perf_counter() - t)
+                if kind == "on":
                     rep = res.verification[0] if res.verification else None
                 del m, res
-        a, b = statistics.median(times[False]), statistics.median(times[True])
+        a, b = statistics.median(times["off"]), statistics.median(times["on"])
+        c = statistics.median(times["small"]) if small is not None else None
         how = "" if rep is None else (f"{rep.dtype}, {rep.exact} groups exact ({rep.affine_norm} affine-norm), "
                                       f"{len(rep.structural)} structural, {rep.runs} forward passes, "
                                       f"max diff {rep.max_diff:.2g}")
-        print(f"{name:<12}{a:>13.2f}s{b:>12.2f}s{b / a:>8.2f}  {how}", flush=True)
+        sm = f"{c:>12.2f}s{c / a:>8.2f}" if c is not None else f"{'-':>13}{'-':>8}"
+        print(f"{name:<12}{a:>13.2f}s{b:>12.2f}s{b / a:>8.2f}{sm}  {how}", flush=True)
 
 
 if __name__ == "__main__":

@@ -680,6 +680,8 @@ def load(path, model: nn.Module, *, example_inputs: Any = None) -> nn.Module:
                 continue
             setattr(mod, attr, value)
             undo.append(("attr", mod, attr, old))
+        for fn, mod in surgery._refreshers((m, n) for n, m in model.named_modules()):
+            fn(mod)  # e.g. an RNN's packed cuDNN weights
         model.__dict__[_HISTORY_ATTR] = copy.deepcopy(record)
         if example_inputs is not None:
             problem = surgery.check_runs(model, example_inputs, None)

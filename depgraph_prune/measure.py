@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ._fast_meta import on_meta, to_meta
+from ._fast_meta import to_meta
 
 __all__ = ["OpCount", "count_ops", "speedup", "measure_latency"]
 
@@ -42,15 +42,6 @@ def _human(n: int, unit: str, sep: str = "") -> str:
     return f"{n} {unit}"
 
 
-def _as_args(example_inputs) -> tuple[tuple, dict]:
-    # A tuple/list is positional args, a dict is kwargs, anything else is the single argument.
-    if isinstance(example_inputs, dict):
-        return (), dict(example_inputs)
-    if isinstance(example_inputs, (tuple, list)):
-        return tuple(example_inputs), {}
-    return (example_inputs,), {}
-
-
 def count_ops(model: nn.Module, example_inputs) -> OpCount:
     """Count the MACs of one forward pass of ``model`` on ``example_inputs``, and its parameters.
 
@@ -71,7 +62,9 @@ def count_ops(model: nn.Module, example_inputs) -> OpCount:
     >>> print(ops)
     4.74 KMACs, 1.51 K params
     """
-    args, kwargs = _as_args(example_inputs)
+    from .trace.inputs import normalize_inputs
+    from .trace.symbolic import detached
+    args, kwargs = normalize_inputs(example_inputs)
     # Remember each module's own flag: a model can mix train and eval submodules on purpose.
     flags = [(m, m.training) for m in model.modules()]
     fastpath = torch.backends.mha.get_fastpath_enabled()
@@ -85,13 +78,14 @@ def count_ops(model: nn.Module, example_inputs) -> OpCount:
         try:
             # The counter only needs shapes: on meta copies of the weights and inputs there is
             # no compute and no activation memory (and repeated ops are memoized). The memo
-            # (in on_meta) sits outside the counter, so the counter still sees every op.
+            # (in detached) sits outside the counter, so the counter still sees every op.
+            # Run on a detached copy: what forward caches on ``self`` stays off the model.
             margs, mkwargs = to_meta((args, kwargs))
-            with torch.no_grad(), on_meta(model), FlopCounterMode(display=False) as counter:
-                model(*margs, **mkwargs)
+            with torch.no_grad(), detached(model) as twin, FlopCounterMode(display=False) as counter:
+                twin(*margs, **mkwargs)
         except Exception:  # data-dependent code (x.item(), nonzero) needs the real tensors
-            with torch.no_grad(), FlopCounterMode(display=False) as counter:
-                model(*args, **kwargs)
+            with torch.no_grad(), detached(model, meta=False) as twin, FlopCounterMode(display=False) as counter:
+                twin(*args, **kwargs)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
         for m, training in flags:
@@ -128,7 +122,8 @@ def measure_latency(model: nn.Module, example_inputs, repeat: int = 10, warmup: 
         raise ValueError(f"measure_latency: repeat must be a positive integer, got {repeat!r}")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"measure_latency: warmup must be a non-negative integer, got {warmup!r}")
-    args, kwargs = _as_args(example_inputs)
+    from .trace.inputs import normalize_inputs
+    args, kwargs = normalize_inputs(example_inputs)
     cuda = any(t.is_cuda for t in list(model.parameters())[:1]) and torch.cuda.is_available()
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     threads = torch.get_num_threads()

@@ -277,7 +277,7 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
           steps: int = 1, callback: Callable | None = None, progress: bool = False,
           ignored_layers: Iterable = (), leaf_modules: Iterable = (), frozen: Iterable = (),
           attention: str = "heads", calibration: Iterable | None = None,
-          loss_fn: Callable | None = None, optimizer=None, verify=True) -> PruneResult:
+          loss_fn: Callable | None = None, optimizer=None, verify=True, verify_inputs=None) -> PruneResult:
     """Prune ``model`` in place and return a ``PruneResult`` (``print`` it for a before/after table).
 
     What goes:
@@ -302,6 +302,9 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
       the removed channels zeroed (:mod:`depgraph_prune.verify`); groups that fail are frozen
       with the reason, the rest is planned again, and ``result.verification`` says what was
       checked and how. ``verify="raise"`` raises instead; ``verify=False`` skips the check.
+      It costs about one forward pass of the original and one of the pruned model on the example
+      inputs; ``verify_inputs=`` runs it on other inputs instead (a convolutional network's
+      couplings do not depend on the image size, so a 64x64 image checks a 224x224 model).
     * ``optimizer``: a ``torch.optim.Optimizer`` over the model's parameters, created before
       pruning: its per-parameter state (momentum, Adam moments) is sliced in place to the kept
       channels (:func:`depgraph_prune.rebuild_optimizer`), so training goes on with it.
@@ -408,7 +411,7 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
             with _progress.stage("plan"):
                 return _plan(graph, lambda g: scores[g.index], r_ratio, r_ratios, global_ranking, max_ratio,
                              round_to, min_channels)
-        record, plan, reports = _apply_verified(graph, make_plan(), make_plan, verify, optimizer)
+        record, plan, reports = _apply_verified(graph, make_plan(), make_plan, verify, optimizer, verify_inputs)
         verification += reports
         widths += [width_row(g, c) for g, c in plan.items()]
         if record:
@@ -417,6 +420,11 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
             callback(model, i)
     with _progress.stage("count"):
         after = count_ops(model, example_inputs)
+    if records and hasattr(getattr(model, "config", None), "to_dict"):  # a transformers model
+        from .hf import update_config
+        changed = update_config(model)
+        if changed:
+            notes.append("model.config: " + "; ".join(changed))
     if not any(True for _ in model.parameters()):
         notes.append("the model has no parameters: nothing to prune")
     elif not records:
@@ -430,7 +438,7 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
     return PruneResult(before, after, widths, records, notes, frozen_groups, settings, verification)
 
 
-def _apply_verified(graph, plan, replan, verify, optimizer=None):
+def _apply_verified(graph, plan, replan, verify, optimizer=None, inputs=None):
     """Surgery with the numerical check: groups that fail are frozen and the plan is made
     again without them (so a global budget or a speedup target is still met by the others).
     Returns ``(record, plan applied, reports)``."""
@@ -444,8 +452,7 @@ def _apply_verified(graph, plan, replan, verify, optimizer=None):
             return graph.prune(plan, verify=False, optimizer=optimizer), plan, []
     reports = []
     for _ in range(8):
-        with _progress.stage("verify"):  # surgery and check together: the check undoes what fails
-            record, report = _verify.apply(graph, plan, mode=verify, keep_partial=False)
+        record, report = _verify.apply(graph, plan, mode=verify, keep_partial=False, inputs=inputs)
         reports.append(report)
         graph.freeze_groups(report.guilty)
         if record is not None:

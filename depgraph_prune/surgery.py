@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._fast_meta import on_meta, to_meta
+from ._fast_meta import to_meta
 from ._memory import release_free_memory
 from .errors import PruningError, SurgeryError
 
@@ -111,7 +111,10 @@ def apply_plan(graph, plan: Mapping) -> dict:
     # ---- commit phase ------------------------------------------------------------------------
     undo = []
     freed = 0
+    refresh = _refreshers(touched_modules.values())
     try:
+        for fn, mod in refresh:  # first in, last undone: after a rollback restored the tensors
+            undo.append(("refresh", fn, mod))
         with torch.no_grad():
             for tid, (t, _, dims) in new_tensors.items():
                 if isinstance(t, nn.Parameter):
@@ -143,6 +146,8 @@ def apply_plan(graph, plan: Mapping) -> dict:
             old = getattr(mod, attr)
             setattr(mod, attr, value)
             undo.append(("attr", mod, attr, old))  # only once the set took effect
+        for fn, mod in refresh:
+            fn(mod)
     except Exception as exc:
         _rollback(undo)
         raise SurgeryError(f"surgery failed while committing ({exc}); the model was restored") from exc
@@ -206,8 +211,20 @@ def _rollback(undo):
         raise SurgeryError(f"rollback could not restore {len(errors)} item(s): {errors[0]}")
 
 
+def _refreshers(modules):
+    from .graph.registry import REFRESH_RULES
+    out = []
+    for mod, _ in modules:
+        fn = next((REFRESH_RULES[b] for b in type(mod).__mro__ if b in REFRESH_RULES), None)
+        if fn is not None:
+            out.append((fn, mod))
+    return out
+
+
 def _undo_one(entry):
-    if entry[0] == "param":  # the old data itself was kept (io.load)
+    if entry[0] == "refresh":
+        entry[1](entry[2])
+    elif entry[0] == "param":  # the old data itself was kept (io.load)
         _, t, data, grad = entry
         t.grad = None
         t.data = data
@@ -350,25 +367,26 @@ def output_structure(out):
     return None
 
 
-def check_runs(model: nn.Module, example_inputs, expected) -> str | None:
+def check_runs(model: nn.Module, example_inputs, expected, meta: bool = True) -> str | None:
     """Run ``model`` once (on meta copies of its tensors when possible, else for real, without
-    touching its buffers) and return what went wrong, or None."""
-    from torch.nn.utils import stateless
-
+    touching its buffers) and return what went wrong, or None. ``meta=False``: the unpruned
+    model already failed on meta tensors (a kernel stricter there, e.g. ``_grouped_mm`` refusing
+    float32), so a meta failure says nothing and the real run decides."""
     from .trace import _modes, normalize_inputs
+    from .trace.symbolic import detached
     args, kwargs = normalize_inputs(example_inputs)
     out = None
     try:
-        with _modes(model, False), torch.no_grad(), on_meta(model):
+        # on a detached copy: what forward caches on ``self`` must not reach the model
+        with detached(model) as twin, _modes(twin, False), torch.no_grad():
             margs, mkwargs = to_meta((args, kwargs))
-            out = model(*margs, **mkwargs)
+            out = twin(*margs, **mkwargs)
     except Exception as exc:
-        if not _meta_limitation(exc):
+        if meta and not _meta_limitation(exc):
             return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         try:  # data-dependent code (x.item(), if x.sum() > 0) cannot run on meta tensors
-            buffers = {k: v.detach().clone() for k, v in model.named_buffers(remove_duplicate=False)}
-            with _modes(model, False), torch.no_grad(), stateless._reparametrize_module(model, buffers):
-                out = model(*args, **kwargs)
+            with detached(model, meta=False) as twin, _modes(twin, False), torch.no_grad():
+                out = twin(*args, **kwargs)
         except Exception as exc2:
             return f"{type(exc2).__name__}: {str(exc2).splitlines()[0] if str(exc2) else ''}"
     try:

@@ -43,6 +43,7 @@ from torch import nn
 from torch.nn.utils import stateless
 
 from .errors import PruningError, SurgeryError
+from .progress import stage
 
 #: models with at most this many parameter and buffer elements are checked in float64
 F64_LIMIT = 5_000_000
@@ -171,13 +172,15 @@ def run(model: nn.Module, example_inputs, dtype=None, state: Mapping | None = No
     numbers in eval mode give the same draws in both runs); ``state`` replaces tensors by name;
     ``probe`` records (or checks) the kept channels of every layer's output."""
     from .trace import _modes, normalize_inputs
+    from .trace.symbolic import preserved_attributes
     args, kwargs = normalize_inputs(_cast_inputs(example_inputs, dtype))
     devices = sorted({t.device.index for t in _tensors(model).values() if t.device.type == "cuda"} - {None})
     reparam = stateless._reparametrize_module(model, dict(state)) if state else contextlib.nullcontext()
     norms = _affine_norms() if affine_norms else contextlib.nullcontext()
     hooks = probe.attach() if probe is not None else contextlib.nullcontext()
+    # preserved_attributes: what forward caches on ``self`` (anchors, shapes, flags) stays off the model
     with _modes(model, False), torch.no_grad(), torch.random.fork_rng(devices=devices), _default_dtype(dtype), \
-            norms, reparam, hooks:
+            norms, reparam, hooks, preserved_attributes(model):
         torch.manual_seed(0)
         return model(*args, **kwargs)
 
@@ -463,8 +466,9 @@ def classify(graph, groups) -> tuple[set, set, dict]:
 
 # ------------------------------------------------------------------------------------ checking
 class _Checker:
-    def __init__(self, graph, dtype, report: Verification, progress=None):
+    def __init__(self, graph, dtype, report: Verification, progress=None, inputs=None):
         self.graph = graph
+        self.inputs = inputs
         self.dtype = dtype
         self.report = report
         self.tol = TOLERANCE.get(dtype or model_dtype(graph.model), 1e-4)
@@ -474,18 +478,25 @@ class _Checker:
         """(relative difference, record or None). The model is restored unless ``keep`` and the
         plan passed, in which case the surgery stays and its record is returned."""
         from .surgery import apply_plan
-        model, inputs = self.graph.model, self.graph.example_inputs
+        model = self.graph.model
+        inputs = self.inputs if self.inputs is not None else self.graph.example_inputs
         removed = _removed_positions(self.graph, plan)
-        # float64 runs are on copies, so they are also made with excited weights (see _excite)
-        variants = (False, True) if self.dtype is not None else (False,)
-        refs = []
-        for excite in variants:
-            base = base_state(model, self.dtype, excite) if self.dtype is not None else None
-            probe = Probe(model, removed)
-            with masked(model, removed, base) as state:
-                refs.append((run(model, inputs, self.dtype, state, affine_norms, probe), probe, base, excite))
-            self.report.runs += 1
-        record = apply_plan(self.graph, plan)
+        try:
+            with stage("verify"):
+                refs = self._references(model, inputs, removed, affine_norms)
+        except Exception:
+            if self.dtype is None:
+                raise
+            # some kernels have no float64 version (``_grouped_mm`` of MoE experts): check in
+            # the model's own dtype instead
+            self.dtype = None
+            self.tol = TOLERANCE.get(model_dtype(model), 1e-4)
+            self.report.dtype = str(model_dtype(model)).replace("torch.", "")
+            self.report.tolerance = self.tol
+            with stage("verify"):
+                refs = self._references(model, inputs, removed, affine_norms)
+        with stage("surgery"):
+            record = apply_plan(self.graph, plan)
         diff = 0.0
         try:
             for ref, probe, base, excite in refs:
@@ -493,7 +504,8 @@ class _Checker:
                 state = (pruned_state(model, self.dtype, base, removed, excite, (record or {}).get("rescaled", ()))
                          if self.dtype is not None else None)
                 try:
-                    out = run(model, inputs, self.dtype, state, affine_norms, probe)
+                    with stage("verify"):
+                        out = run(model, inputs, self.dtype, state, affine_norms, probe)
                 except Exception:  # the pruned model does not even run: as wrong as can be
                     diff = float("inf")
                     break
@@ -509,6 +521,18 @@ class _Checker:
         if record:
             record["undo"]()
         return diff, None
+
+    def _references(self, model, inputs, removed, affine_norms):
+        # float64 runs are on copies, so they are also made with excited weights (see _excite)
+        variants = (False, True) if self.dtype is not None else (False,)
+        refs = []
+        for excite in variants:
+            base = base_state(model, self.dtype, excite) if self.dtype is not None else None
+            probe = Probe(model, removed)
+            with masked(model, removed, base) as state:
+                refs.append((run(model, inputs, self.dtype, state, affine_norms, probe), probe, base, excite))
+            self.report.runs += 1
+        return refs
 
     def guilty(self, plan, affine: set) -> dict:
         """Bisect a failing plan: the groups that fail on their own (or, where only a combination
@@ -536,13 +560,15 @@ class _Checker:
         return found
 
 
-def apply(graph, plan: Mapping, mode=True, keep_partial: bool = True, progress=None):
+def apply(graph, plan: Mapping, mode=True, keep_partial: bool = True, progress=None, inputs=None):
     """Apply ``plan`` to ``graph``'s model with numerical verification.
 
     Returns ``(record, report)``. ``record`` is the surgery record (``{}`` when nothing was
     pruned) or None when groups failed and ``keep_partial`` is False (the model is then as it
     was; the caller freezes ``report.guilty`` and plans again). With ``mode="raise"`` a failure
-    raises :class:`VerificationError` instead, the model restored.
+    raises :class:`VerificationError` instead, the model restored. ``inputs``: what the check runs
+    on (default: the graph's example inputs), e.g. a smaller image for a convolutional network,
+    whose couplings do not depend on the spatial size.
     """
     from .surgery import apply_plan, check_runs
     model = graph.model
@@ -555,7 +581,7 @@ def apply(graph, plan: Mapping, mode=True, keep_partial: bool = True, progress=N
         report.skipped = "the model is on the meta device: only the structural check ran"
         record = apply_plan(graph, plan)
         return record, report
-    checker = _Checker(graph, dtype, report, progress)
+    checker = _Checker(graph, dtype, report, progress, inputs)
     report.dtype = str(dtype or model_dtype(model)).replace("torch.", "")
     report.tolerance = checker.tol
     exact, affine, structural = classify(graph, list(plan))
@@ -593,9 +619,11 @@ def apply(graph, plan: Mapping, mode=True, keep_partial: bool = True, progress=N
         final_plan = {g: c for g, c in final_plan.items() if g not in bad}
     if not final_plan:
         return {}, report
-    record = apply_plan(graph, final_plan)
+    with stage("surgery"):
+        record = apply_plan(graph, final_plan)
     if record and report.structural:
-        problem = check_runs(model, graph.example_inputs, graph._output_structure)
+        problem = check_runs(model, graph.example_inputs, graph._output_structure,
+                             meta=getattr(graph._ctx, "meta_ok", True))
         if problem:
             record["undo"]()
             raise SurgeryError(f"the pruned model failed its check ({problem}); the surgery was undone. "

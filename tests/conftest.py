@@ -1,6 +1,15 @@
 """Fixtures shared by the test files."""
+import os
+
 import pytest
 import torch
+
+# Model zoos (transformers, diffusers, timm, ultralytics) are built from small random-init configs:
+# nothing may reach the network, and a hub lookup must fail fast instead of hanging.
+for _flag in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "DIFFUSERS_OFFLINE"):
+    os.environ.setdefault(_flag, "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("YOLO_OFFLINE", "1")
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
 import doctest
+import types
 import warnings
 
 import pytest
@@ -253,12 +254,13 @@ class _SeesGradMode(nn.Module):
     def __init__(self):
         super().__init__()
         self.fc = nn.Linear(8, 4)
-        self.grad_modes = []
-        self.devices = []
+        # an object, not a list: counting runs on a detached copy of the model (so that what
+        # forward stores on self stays off the model), which shares this log with the original
+        self.log = types.SimpleNamespace(grad_modes=[], devices=[])
 
     def forward(self, x):
-        self.grad_modes.append(torch.is_grad_enabled())
-        self.devices.append(x.device.type)
+        self.log.grad_modes.append(torch.is_grad_enabled())
+        self.log.devices.append(x.device.type)
         return self.fc(x)
 
 
@@ -277,8 +279,8 @@ def test_count_runs_without_autograd_and_leaves_the_model_alone():
     model = _SeesGradMode()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ops = count_ops(model, torch.randn(3, 8))
-    assert model.grad_modes == [False]  # no graph: activations are freed as the forward goes
-    assert model.devices == ["meta"]  # shapes only: no compute, no activation memory
+    assert model.log.grad_modes == [False]  # no graph: activations are freed as the forward goes
+    assert model.log.devices == ["meta"]  # shapes only: no compute, no activation memory
     assert ops.macs == 3 * 8 * 4
     assert all(p.grad is None for p in model.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -212,7 +212,7 @@ def test_progress_reports_every_stage(monkeypatch, capsys):
     monkeypatch.setattr(progress, "DELAY", 0.0)  # show every stage, however fast
     dp.prune(digits_cnn(), X[:1], ratio=0.5, progress=True)
     err = capsys.readouterr().err
-    for stage in ("trace", "build", "score", "plan", "surgery", "count"):
+    for stage in ("trace", "build", "score", "plan", "surgery", "verify", "count"):
         assert progress.LABELS[stage] in err, stage
 
 

@@ -284,3 +284,11 @@ def test_load_checks_that_the_record_replays_to_a_function_preserving_prune(tmp_
     with pytest.raises(dp.ModelMismatchError, match="does not replay to a function-preserving prune"):
         dp.load(path, other, example_inputs=x)
     assert _same(before, _state(other)) and other.a.out_channels == 8
+
+
+def test_verify_inputs_run_the_check_on_a_smaller_image(wrong_roll_rule):
+    torch.manual_seed(0)
+    m = TwoPaths().eval()
+    res = dp.prune(m, torch.randn(1, 3, 32, 32), ratio=0.5, verify_inputs=torch.randn(1, 3, 6, 6))
+    assert len(res.verification[0].guilty) == 1  # the wrong rule is still caught on the small image
+    assert m.a1.out_channels == 8 and m.b1.out_channels == 4

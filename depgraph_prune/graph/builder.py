@@ -13,13 +13,13 @@ from .. import trace as _trace
 from . import rules  # noqa: F401  (registers the rules)
 from ..errors import PruningError
 from .context import KERNEL_DIM, BuildContext
-from .registry import FUNCTION_RULES, METHOD_RULES, MODULE_RULES, load_optional_rules
+from .registry import FUNCTION_RULES, METHOD_RULES, MODEL_SCANNERS, MODULE_RULES, load_optional_rules
 from .values import TV
 
 
 # Modules we have no rule for but want kept whole rather than traced into (their internals
 # check shapes against constant attributes); their channels are frozen.
-OPAQUE_TYPES: tuple[type, ...] = (nn.LSTM, nn.GRU, nn.RNN, nn.Transformer,
+OPAQUE_TYPES: tuple[type, ...] = (nn.Transformer,
                                   nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 
 
@@ -241,6 +241,8 @@ ATTENTION_MODES = ("heads", "head_dim")
 def build_context(model: nn.Module, example_inputs: Any, leaf_names: Iterable[str] = (),
                   attention: str = "heads") -> tuple[BuildContext, list[str]]:
     load_optional_rules()
+    for scan in MODEL_SCANNERS:
+        scan(model)
     leaf_types = tuple(MODULE_RULES) + OPAQUE_TYPES
     real = model
     try:
@@ -254,6 +256,7 @@ def build_context(model: nn.Module, example_inputs: Any, leaf_names: Iterable[st
         tr = _trace.trace(model, example_inputs, leaf_types=leaf_types, leaf_names=leaf_names, training=False,
                           real_model=real)
     ctx.opaque = dict(tr.opaque)
+    ctx.meta_ok = tr.meta_ok
     with _progress.stage("build"):
         walk(ctx, tr.gm, tr.decided)
     reached = set(tr.reached_params)

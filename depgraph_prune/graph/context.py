@@ -16,7 +16,8 @@ from .values import TV, Opaque, Sym
 
 # frames inside torch and inside this package (the tracer's hooks) are not the user's line
 _NOT_USER = (os.path.dirname(torch.__file__) + os.sep,
-             os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep)
+             os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,
+             "<depgraph_prune")  # the entry function trace/inputs.py makes
 _FRAME = re.compile(r'File "([^"]+)", line \d+, in [^\n]*\n\s*([^\n]*)')
 
 
@@ -26,7 +27,7 @@ def _source_attributes(stack_trace: str) -> set[str] | None:
     return set(re.findall(r"self\.(\w+)", frames[-1][1])) if frames else None
 
 
-_WIDTH_WORDS = ("dim", "channel", "feature", "width", "hidden", "embed", "planes")
+_WIDTH_WORDS = ("dim", "channel", "feature", "width", "hidden", "embed", "planes", "split")  # split: GPT-2 split_size
 HEAD_WORDS = ("heads",)  # a head *count*: tried only where no width attribute matches
 KERNEL_DIM = "kernel dim of "  # reason prefix of conv kernel dims: not channels, not listed as groups
 
@@ -59,6 +60,7 @@ class BuildContext:
     opaque: dict = field(default_factory=dict)
     #: how nn.MultiheadAttention shrinks: "heads" (whole heads) or "head_dim" (every head's width)
     attention: str = "heads"
+    meta_ok: bool = True  # the trace ran on meta tensors (else the post-surgery check runs for real)
     #: rows to rescale when a width that a module turns into a value shrinks (attention's
     #: 1/sqrt(head_dim)): {"width": atoms, "power": p, "tensors": [(name, dim, positions)]}
     scale_fixups: list = field(default_factory=list)

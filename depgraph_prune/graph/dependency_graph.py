@@ -6,6 +6,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import networkx as nx
 from torch import nn
 
+from .._isolation import side_effects_undone
 from ..errors import PruningError, SurgeryError
 from .builder import ATTENTION_MODES, build_context
 from .groups import Group, make_groups
@@ -30,8 +31,9 @@ class DependencyGraph:
             raise PruningError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
         self.model = model
         self.example_inputs = example_inputs
-        ctx, notes = build_context(model, example_inputs, leaf_names=self._names(leaf_modules, "leaf_modules"),
-                                   attention=attention)
+        with side_effects_undone(model):  # the trace runs a copy, or the model itself where none can be made
+            ctx, notes = build_context(model, example_inputs, leaf_names=self._names(leaf_modules, "leaf_modules"),
+                                       attention=attention)
         self.notes = notes
         self._ignore(ctx, ignored_layers)
         self._freeze_modules(ctx, self._names(frozen, "frozen"))
@@ -122,7 +124,7 @@ class DependencyGraph:
 
     # -- surgery ------------------------------------------------------------------------------
     def prune(self, plan: Mapping[Group, Sequence[int]], *, validate: bool = True, verify=True,
-              optimizer=None) -> dict:
+              optimizer=None, verify_inputs=None) -> dict:
         """Remove the given channels of each group, all or nothing. Returns the kept indices
         per ``"name:dim"``. The graph is stale afterwards: build a new one to go on.
 
@@ -135,7 +137,8 @@ class DependencyGraph:
         model is still run once on meta tensors; if it fails or its output structure changed,
         the surgery is undone and ``SurgeryError`` is raised: a broken model never comes out.
         ``optimizer``: its per-parameter state is sliced to the kept channels once the surgery
-        stands (:func:`depgraph_prune.rebuild_optimizer`)."""
+        stands (:func:`depgraph_prune.rebuild_optimizer`). ``verify_inputs``: what the check runs
+        on instead of the example inputs (a smaller image makes it cheaper for a CNN)."""
         from .._memory import release_free_memory
         from ..optim import check_optimizer, rebuild_optimizer
         from ..surgery import apply_plan, check_runs
@@ -146,7 +149,7 @@ class DependencyGraph:
             raise PruningError(f"verify must be True, False or 'raise', got {verify!r}")
         check_optimizer(optimizer, self.model)
         if verify:
-            record, report = _verify.apply(self, plan, mode=verify, keep_partial=True)
+            record, report = _verify.apply(self, plan, mode=verify, keep_partial=True, inputs=verify_inputs)
             self.last_verification = report
             self.freeze_groups(report.guilty)
         else:
@@ -154,7 +157,8 @@ class DependencyGraph:
             record = apply_plan(self, plan)
             if validate and record:
                 try:
-                    problem = check_runs(self.model, self.example_inputs, self._output_structure)
+                    problem = check_runs(self.model, self.example_inputs, self._output_structure,
+                                         meta=getattr(self._ctx, "meta_ok", True))
                 except Exception as exc:  # whatever goes wrong here, the model goes back as it was
                     problem = f"{type(exc).__name__}: {exc}"
                 if problem:
@@ -182,6 +186,8 @@ def _out_key(name: str, mod: nn.Module) -> tuple[str, int]:
         return (f"{prefix}weight", 1)
     if isinstance(mod, nn.Embedding):
         return (f"{prefix}weight", 1)
+    if isinstance(mod, nn.RNNBase):  # what it outputs: the hidden units (or their projection)
+        return (f"{prefix}{'proj_size' if getattr(mod, 'proj_size', 0) else 'hidden_size'}", 0)
     if getattr(mod, "weight", None) is None:
         for attr in ("num_features", "num_channels"):
             if hasattr(mod, attr):

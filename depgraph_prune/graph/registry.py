@@ -15,13 +15,20 @@ FUNCTION_RULES: dict[object, Callable] = {}
 METHOD_RULES: dict[str, Callable] = {}
 MODULE_RULES: dict[type, Callable] = {}
 WIDTH_RULES: dict[type, Callable] = {}  # module type -> (module, new tensors by attr) -> {attr: value}
+# module type -> fn(module): refresh what a module derives from its tensors once the surgeon (or
+# its rollback) has changed them (nn.LSTM's cuDNN weight buffer: flatten_parameters)
+REFRESH_RULES: dict[type, Callable] = {}
+# Called with the model before each build: optional rule families whose module classes are too
+# many to import up front (transformers' ~60 ``*Experts`` classes) register them from here.
+MODEL_SCANNERS: list[Callable] = []
 
 
 _optional_loaded: set[str] = set()
 
 
 def load_optional_rules() -> None:
-    """Register the rules for torchvision's wrapped functions once torchvision is imported.
+    """Register the rules for torchvision's wrapped functions once torchvision is imported, and
+    those for transformers' layers once transformers is.
 
     Importing torchvision costs seconds (it pulls in ``torch._dynamo``); a model that needs
     these rules cannot exist before the user imported torchvision, so we wait for that. Called
@@ -29,6 +36,9 @@ def load_optional_rules() -> None:
     if "torchvision" in sys.modules and "torchvision" not in _optional_loaded:
         _optional_loaded.add("torchvision")
         from .rules import torchvision  # noqa: F401  (registers on import)
+    if "transformers" in sys.modules and "transformers" not in _optional_loaded:
+        _optional_loaded.add("transformers")
+        from .rules import transformers  # noqa: F401  (registers on import)
 
 
 def function_rule(*targets):

@@ -8,6 +8,7 @@ also works for models on the ``meta`` device.
 from __future__ import annotations
 
 import contextlib
+import operator
 from collections import OrderedDict
 import copy
 from dataclasses import dataclass, field
@@ -21,16 +22,9 @@ from torch.nn.utils import stateless
 from torch.utils import _pytree as pytree
 
 from .._fast_meta import on_meta, to_meta
+from .._isolation import restore, side_effects_undone, snapshot
 from ..errors import TraceError
-
-
-def normalize_inputs(example_inputs: Any) -> tuple[tuple, dict]:
-    """A tuple/list is positional args, a dict is keyword args, anything else one positional arg."""
-    if isinstance(example_inputs, dict):
-        return (), dict(example_inputs)
-    if isinstance(example_inputs, (tuple, list)):
-        return tuple(example_inputs), {}
-    return (example_inputs,), {}
+from .inputs import Binding, bind, normalize_inputs  # noqa: F401  (normalize_inputs is re-exported)
 
 
 def rule_type(m: nn.Module, types) -> type | None:
@@ -57,18 +51,43 @@ class _SequenceLength:
     def __getattr__(self, k):
         return _Attribute(self, k)  # x.shape is an attribute proxy: it needs the same length
 
+    # Python-level uses of a traced integer (``range(n)``, ``python_list[i]``, ``int(n)``,
+    # ``math.sqrt(d)``) take its value on the example input. The tracer records the node as
+    # deciding, so the builder pins every width the value was read from: a size baked into the
+    # graph as a constant can then never go stale.
+    def __index__(self):
+        return self.tracer.concretize(self, int)
+
+    def __int__(self):
+        return self.tracer.concretize(self, int)
+
+    def __float__(self):
+        return self.tracer.concretize(self, float)
+
 
 class _Proxy(_SequenceLength, fx.Proxy):
-    pass
+    def __setitem__(self, idx, value):
+        # ``y[:, 2::3] = y[:, 2::3].sigmoid()`` (Ultralytics' Pose head): recorded as an in-place
+        # ``operator.setitem``; the rule ties the written slice to the value's channels
+        return self.tracer.create_proxy("call_function", operator.setitem, (self, idx, value), {})
 
 
 class _Attribute(_SequenceLength, fx.proxy.Attribute):
     pass
 
 
+class _Unknown:
+    """A node whose value on the meta example input could not be computed (see ``_concrete``)."""
+
+    def __init__(self, why: str):
+        self.why = why
+
+
 class _Tracer(fx.Tracer):
-    def __init__(self, leaf_types: tuple[type, ...], leaf_names: frozenset[str], meta_args: tuple = ()):
+    def __init__(self, leaf_types: tuple[type, ...], leaf_names: frozenset[str], meta_args: tuple = (),
+                 real: nn.Module | None = None):
         super().__init__()
+        self._real = real
         # buffers become get_attr nodes (not constants folded from their values), so the rules
         # see them and the surgeon can slice them (FrozenBatchNorm2d, `self.slopes * self.dist`)
         self.proxy_buffer_attributes = True
@@ -80,6 +99,31 @@ class _Tracer(fx.Tracer):
         self._leaf_names = leaf_names
         self._stack: list[str] = []
         self.failed_in: str | None = None  # innermost module whose forward raised
+        self._values: dict = {}  # node -> its value on the meta example input (see _concrete)
+        self._interp = None
+
+    def _run_real(self, n: fx.Node):
+        """A leaf module whose kernels have no meta support (e.g. ``_grouped_mm`` in float32):
+        run the user's module on zero tensors of the inputs' shapes (on a detached copy, so no
+        state reaches it) and keep the output's metadata."""
+        real = self._real.get_submodule(n.target)
+        zeros = lambda t: torch.zeros(t.shape, dtype=t.dtype) if isinstance(t, torch.Tensor) and t.is_meta else t  # noqa: E731
+        args = pytree.tree_map(zeros, fx.node.map_arg(n.args, lambda a: self._values[a]))
+        kwargs = pytree.tree_map(zeros, fx.node.map_arg(n.kwargs, lambda a: self._values[a]))
+        with detached(real, meta=False) as twin:
+            return to_meta(twin(*args, **kwargs))
+
+    def concretize(self, proxy, kind):
+        """The value of a traced scalar on the example input, as ``kind``; recorded as deciding."""
+        value = self._concrete(proxy.node)
+        if isinstance(value, torch.Tensor):
+            if value.device.type == "meta" or value.numel() != 1:
+                raise fx.proxy.TraceError(f"{kind.__name__}() of a traced tensor depends on its data")
+            value = value.item()
+        if isinstance(value, fx.Proxy) or not isinstance(value, (int, float, bool)):
+            raise fx.proxy.TraceError(f"could not take {kind.__name__}() of {proxy.node.name!r} on the example input")
+        self.decided.append(proxy.node.name)
+        return kind(value)
 
     def to_bool(self, obj) -> bool:
         """Shape checks (``assert x.shape[-2:] == (1, 1)``, ``if x.dim() == 4``) are decided on the
@@ -109,14 +153,12 @@ class _Tracer(fx.Tracer):
         return super().iter(obj)
 
     def _concrete(self, node):
+        """``node``'s value on the example input (meta tensors). Values are kept between calls
+        and only the nodes added since are run, in graph order (so in-place ops apply in order)."""
+        if node in self._values:
+            return self._values[node]
         if not self._meta_args:
             raise fx.proxy.TraceError("symbolically traced variables cannot be used as inputs to control flow")
-        graph, env = fx.Graph(), {}
-        for n in self.graph.nodes:
-            env[n] = graph.node_copy(n, lambda a: env[a])
-            if n is node:
-                break
-        graph.output(env[node])
         try:
             from torch.fx._symbolic_trace import _maybe_revert_all_patches as _unpatched
         except ImportError:  # pragma: no cover
@@ -124,14 +166,57 @@ class _Tracer(fx.Tracer):
         self._evaluating = True  # module calls made while evaluating must run, not be traced
         try:
             with _unpatched(), torch.no_grad():
-                # Built unpatched: the tracer's patched Module.__getattr__ would hand the
-                # GraphModule proxies instead of the parameters its get_attr nodes copy.
-                gm = fx.GraphModule(self.root, graph)
-                return gm(*self._meta_args[:sum(1 for n in graph.nodes if n.op == "placeholder")])
+                # Unpatched: the tracer's patched Module.__getattr__ would hand the interpreter
+                # proxies instead of the parameters its get_attr nodes read.
+                if self._interp is None:
+                    self._interp = fx.Interpreter(self.root, garbage_collect_values=False, graph=self.graph)
+                    self._interp.env = self._values
+                    self._placeholders = 0
+                for n in self.graph.nodes:
+                    if n in self._values:
+                        continue
+                    if n.op == "placeholder":
+                        self._values[n] = self._meta_args[self._placeholders]
+                        self._placeholders += 1
+                    elif any(isinstance(self._values.get(a), _Unknown) for a in n.all_input_nodes):
+                        self._values[n] = _Unknown(self._values[next(
+                            a for a in n.all_input_nodes if isinstance(self._values.get(a), _Unknown))].why)
+                    else:
+                        try:
+                            try:
+                                self._values[n] = self._interp.run_node(n)
+                            except Exception:
+                                if n.op != "call_module" or self._real is None:
+                                    raise
+                                self._values[n] = self._run_real(n)
+                        except Exception as exc:
+                            # e.g. a kernel with no meta support: only what depends on it is unknown
+                            self._values[n] = _Unknown(f"{type(exc).__name__}: {_first_line(exc)}")
+                    if n is node:
+                        break
+                value = self._values[node]
+                if isinstance(value, _Unknown):
+                    raise RuntimeError(value.why)
+                return value
         except Exception as exc:
             raise fx.proxy.TraceError(f"control flow on a value that could not be evaluated ({exc})") from exc
         finally:
             self._evaluating = False
+
+    def create_arg(self, a):
+        """Objects fx has no node for (a transformers ``DynamicCache`` handed to a leaf module)
+        become attributes of the root read with ``get_attr``: the leaf still runs in shape
+        propagation, and the builder sees a value that is not a tensor."""
+        try:
+            return super().create_arg(a)
+        except NotImplementedError:
+            consts = self.__dict__.setdefault("_object_consts", {})
+            name = consts.get(id(a))
+            if name is None:
+                name = consts[id(a)] = f"_depgraph_prune_object_{len(consts)}"
+                setattr(self.root, name, a)
+                self.__dict__.setdefault("_object_refs", []).append(a)  # keep id(a) unique
+            return self.create_node("get_attr", name, (), {})
 
     def create_node(self, kind, target, args, kwargs, name=None, type_expr=None):
         # Source lines are only read to tell which attribute an integer constant came from, and
@@ -141,6 +226,11 @@ class _Tracer(fx.Tracer):
 
     def call_module(self, m, forward, args, kwargs):
         if self._evaluating:
+            return forward(*args, **kwargs)
+        if m not in (self.submodule_paths or {}) and not any(True for _ in m.parameters()) \
+                and not any(True for _ in m.buffers()):
+            # built inside forward (``nn.ReLU()(x)``, transformers' ``ACT2FN[name](x)``): it has
+            # no weights of the model, so its forward is traced inline
             return forward(*args, **kwargs)
         name = self.path_of_module(m)
         self._stack.append(name)
@@ -195,6 +285,7 @@ class Trace:
     reached_params: set[str] = field(default_factory=set)
     opaque: dict[str, str] = field(default_factory=dict)  # module made a leaf → why it could not be traced
     decided: list[str] = field(default_factory=list)  # nodes whose value decided control flow
+    meta_ok: bool = True  # shapes propagated on meta tensors (False: some kernel needed real ones)
 
 
 def structural_copy(model: nn.Module) -> nn.Module:
@@ -289,25 +380,35 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] =
     tracing is retried, recursively, so the rest of the model is still analyzed. Only a failure in
     the top-level ``forward`` itself raises ``TraceError``.
     """
-    args, kwargs = normalize_inputs(example_inputs)
+    binding = bind(model, example_inputs)
     leaf_names = set(leaf_names)
     opaque: dict[str, str] = {}
-    meta_args = _meta_positional(model, args, kwargs)
-    with _modes(model, training):
+    meta_args = tuple(to_meta(binding.leaves))
+    with _modes(model, training), _entry(model, binding), _torch_patches():
+        # what forward stores on self while traced (proxies: `self.shape = x.shape`) is put back
+        # after every attempt, or the retry and the shape propagation would read stale proxies
+        saved = snapshot(model)
         while True:
-            tracer = _Tracer(tuple(leaf_types), frozenset(leaf_names), meta_args)
+            tracer = _Tracer(tuple(leaf_types), frozenset(leaf_names), meta_args, real_model)
+            tracer.traced_func_name = _ENTRY
             try:
                 graph = tracer.trace(model)
                 break
             except Exception as exc:  # fx raises many types; all mean "not traceable as is"
+                restore(saved)
                 culprit = tracer.failed_in
                 if culprit and culprit not in leaf_names:
                     leaf_names.add(culprit)
                     opaque[culprit] = f"{type(exc).__name__}: {_first_line(exc)}"
                     continue
                 raise TraceError(_untraceable_message(model, exc)) from exc
+            finally:
+                tracer._values.clear()  # meta values of the whole graph: drop them now
         gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-        _propagate_shapes(gm, model, args, kwargs, real_model or model)
+        restore(saved)
+        _keep_constants(model, gm)
+    with _modes(model, training):
+        meta_ok = _propagate_shapes(gm, model, binding, real_model or model)
     reached = set()
     named_modules = dict(model.named_modules())
     for node in gm.graph.nodes:
@@ -316,18 +417,92 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] =
         elif node.op == "call_module":
             mod = named_modules[node.target]
             reached.update(f"{node.target}.{n}" for n, _ in mod.named_parameters())
-    return Trace(gm, training, reached, opaque, tracer.decided)
+    return Trace(gm, training, reached, opaque, tracer.decided, meta_ok)
 
 
-def _meta_positional(model: nn.Module, args: tuple, kwargs: dict) -> tuple:
-    """The example inputs as meta tensors, in forward's parameter order (for deciding shape checks)."""
-    import inspect
+def _keep_constants(model: nn.Module, gm: fx.GraphModule) -> None:
+    """The tensor constants fx stored on the traced model (``_tensor_constant0``) are read by the
+    graph builder from the model: put back the ones the restore removed."""
+    for node in gm.graph.nodes:
+        if node.op != "get_attr":
+            continue
+        owner_name, _, attr = node.target.rpartition(".")
+        try:
+            owner = model.get_submodule(owner_name)
+            if not hasattr(owner, attr):
+                setattr(owner, attr, getattr(gm.get_submodule(owner_name), attr))
+        except AttributeError:
+            pass
+
+
+_ENTRY = "_depgraph_prune_entry"
+
+
+@contextlib.contextmanager
+def _entry(model: nn.Module, binding: Binding):
+    """fx traces ``type(root).<traced_func_name>``: give the model's class, for the duration of
+    the trace, a subclass holding the entry function made for these example inputs. The model
+    traced is the structural copy, so its class is set back before anyone else sees it."""
+    cls = type(model)
+    sub = type(cls.__name__, (cls,), {_ENTRY: binding.entry, "__module__": cls.__module__,
+                                      "__qualname__": cls.__qualname__})
+    object.__setattr__(model, "__class__", sub)
     try:
-        params = list(inspect.signature(model.forward).parameters)
-    except (TypeError, ValueError):
-        params = []
-    values = list(args) + [kwargs[p] for p in params[len(args):] if p in kwargs]
-    return tuple(to_meta(values))
+        yield
+    finally:
+        object.__setattr__(model, "__class__", cls)
+
+
+_SIZE_FACTORIES = ("ones", "zeros", "empty", "rand", "randn")
+_DATA_FACTORIES = ("tensor", "as_tensor")
+_DTYPE_INFO = ("finfo", "iinfo")
+
+
+@contextlib.contextmanager
+def _torch_patches():
+    """Torch calls that fx cannot record when given traced values: ``torch.ones(b, n)`` (sizes
+    as separate proxies: passed on as one tuple, which torch dispatches to the tracer),
+    ``torch.tensor(n)`` (recorded as a call), ``torch.finfo(x.dtype)`` (the dtype is taken on
+    the example input: pruning never changes it). Patched on the ``torch`` module only while
+    tracing; with no proxy among the arguments each calls the original unchanged."""
+    saved = {n: getattr(torch, n) for n in _SIZE_FACTORIES + _DATA_FACTORIES + _DTYPE_INFO}
+
+    def has_proxy(obj):
+        return any(isinstance(v, fx.Proxy) for v in pytree.tree_leaves(obj))
+
+    def sized(orig):
+        def call(*size, **kw):
+            if len(size) > 1 and has_proxy(size):
+                return orig(tuple(size), **kw)
+            return orig(*size, **kw)
+        return call
+
+    def data(orig):
+        def call(*args, **kw):
+            found = [v for v in pytree.tree_leaves((args, kw)) if isinstance(v, fx.Proxy)]
+            if found:
+                return found[0].tracer.create_proxy("call_function", orig, args, kw)
+            return orig(*args, **kw)
+        return call
+
+    def info(orig):
+        def call(arg=None, *rest):
+            if isinstance(arg, fx.Proxy):
+                arg = arg.tracer._concrete(arg.node)
+            return orig(*(() if arg is None else (arg,)), *rest)
+        return call
+
+    try:
+        for n in _SIZE_FACTORIES:
+            setattr(torch, n, sized(saved[n]))
+        for n in _DATA_FACTORIES:
+            setattr(torch, n, data(saved[n]))
+        for n in _DTYPE_INFO:
+            setattr(torch, n, info(saved[n]))
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(torch, n, f)
 
 
 def _untraceable_message(model: nn.Module, exc: BaseException) -> str:
@@ -380,27 +555,21 @@ class _ShapeRecorder(fx.Interpreter):
         return result
 
 
-def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, args: tuple, kwargs: dict, real: nn.Module) -> None:
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    flat_args = list(args)
-    for node in placeholders[len(args):]:
-        if node.target in kwargs:
-            flat_args.append(kwargs[node.target])
-        elif node.args:  # default value recorded by fx
-            flat_args.append(node.args[0])
-        else:
-            raise TraceError(f"example_inputs gives no value for the forward argument '{node.target}'")
+def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, binding: Binding, real: nn.Module) -> bool:
+    flat_args = list(binding.leaves)
     state = {**dict(gm.named_parameters(remove_duplicate=False)),
              **dict(gm.named_buffers(remove_duplicate=False))}
     # BatchNorm in training mode refuses batch 1; the trace is already fixed, so shapes can be
     # propagated with every module in eval mode.
+    saved = snapshot(gm)
     with _modes(gm, False), torch.no_grad():
         try:
             # meta tensors: shapes only, no memory, and the model's own tensors are never touched
             with on_meta(gm):
                 _ShapeRecorder(gm).run(*to_meta(flat_args))
-            return
+            return True
         except Exception:
+            restore(saved)  # meta tensors a leaf cached on self before it failed
             pass  # some ops have no meta kernel or compare devices: use real tensors
         try:
             # the real tensors, by name, from the user's model (the traced copy may hold meta ones)
@@ -409,7 +578,79 @@ def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, args: tuple, kwargs:
             real_state = {k: v for k, v in real_state.items() if k in state}
             with stateless._reparametrize_module(gm, real_state):
                 _ShapeRecorder(gm).run(*flat_args)
+            return False
         except Exception as exc:
             raise TraceError(
                 f"example_inputs: running {type(model).__name__} on them failed {str(exc).splitlines()[0]}. Check that "
                 f"example_inputs has the shape and dtype the model expects.") from exc
+
+
+@contextlib.contextmanager
+def detached(model: nn.Module, meta: bool = True):
+    """A stand-in for ``model`` to run analysis passes on (MAC counts, the post-surgery check):
+    a structural copy, so whatever ``forward`` stores on ``self`` (anchors, cached shapes, flags)
+    stays on the copy and never reaches the user's model. With ``meta`` its tensors are meta
+    twins (run it on ``to_meta`` inputs); otherwise it holds the model's real parameters and
+    copies of its buffers. A model that cannot be copied is used itself (buffers still copied)."""
+    try:
+        clone = structural_copy(model)
+    except RuntimeError:  # a failing torch call is a real failure: let it surface
+        raise
+    except Exception:  # an attribute that cannot be copied
+        clone = None
+    if meta:
+        if clone is None:  # no copy: run the model itself, and put back what forward stores on it
+            with side_effects_undone(model), on_meta(model):
+                yield model
+        else:
+            from .._fast_meta import MetaMemo
+            with MetaMemo():
+                yield clone
+        return
+    target = clone if clone is not None else model
+    state = {k: v.detach() for k, v in model.named_parameters(remove_duplicate=False)}
+    state.update({k: v.detach().clone() for k, v in model.named_buffers(remove_duplicate=False)})
+    with side_effects_undone(model) if clone is None else contextlib.nullcontext(), \
+            stateless._reparametrize_module(target, state):
+        yield target
+
+
+_MODULE_STATE = ("_parameters", "_buffers", "_modules")
+
+
+@contextlib.contextmanager
+def preserved_attributes(model: nn.Module):
+    """Runs that must use the model itself (the numerical check compares the real pruned model)
+    put back, afterwards, every plain attribute ``forward`` set on any module: rebound values,
+    new attributes (removed again) and the contents of lists, dicts and sets it changed in place.
+    Parameters, buffers and submodules are not touched here (the surgeon and the reparametrizing
+    context own them)."""
+    saved = []
+    for m in model.modules():
+        attrs = {}
+        for k, v in m.__dict__.items():
+            if k in _MODULE_STATE:
+                if isinstance(v, dict):  # only what forward *adds* (a lazily registered buffer) goes again
+                    attrs[k] = (v, set(v))
+                continue
+            contents = v.copy() if type(v) in (list, dict, set, OrderedDict) else None
+            attrs[k] = (v, contents)
+        saved.append((m, attrs))
+    try:
+        yield
+    finally:
+        for m, attrs in saved:
+            for k in [k for k in m.__dict__ if k not in _MODULE_STATE and k not in attrs]:
+                del m.__dict__[k]
+            for k, (v, contents) in attrs.items():
+                if k in _MODULE_STATE:
+                    for name in [n for n in v if n not in contents]:
+                        del v[name]
+                    continue
+                if contents is not None:
+                    if type(v) is list:
+                        v[:] = contents
+                    else:
+                        v.clear()
+                        v.update(contents)
+                m.__dict__[k] = v

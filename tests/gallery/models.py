@@ -3511,9 +3511,9 @@ GALLERY: list[Entry] = [
           why="every DoubleConv width, ConvTranspose output widths"),
     Entry("crnn_lstm", "CRNN: conv features `squeeze(2).permute(2, 0, 1)` -> bidirectional LSTMs -> "
           "`view(T * b, h)` Linear", CRNN, inputs=lambda: torch.randn(2, 1, 32, 32),
-          why="CNN widths before the LSTM input (the LSTM itself stays whole)"),
+          why="CNN widths before the LSTM input, and the LSTMs' hidden units"),
     Entry("audio_gru", "conv1d front end -> `permute(0, 2, 1)` -> nn.GRU(batch_first) -> `out[:, -1, :]`",
-          AudioGRU, inputs=lambda: torch.randn(2, 40, 64), why="conv1d widths before the GRU input"),
+          AudioGRU, inputs=lambda: torch.randn(2, 40, 64), why="conv1d widths before the GRU input, and its hidden units"),
     Entry("einsum_vit", "lucidrains-style transformer: `chunk(3, dim=-1)`, `torch.einsum` attention, PreNorm",
           EinsumViT, why="FeedForward hidden widths (and per-head widths in principle)",
           normalizing="LayerNorm over the embedding",

@@ -596,7 +596,7 @@ def tensor_index(ctx, x: TV, idx, out):
             continue
         if isinstance(i, slice):
             if atoms is not None:
-                track[d_out] = _slice_atoms(ctx, atoms, i)
+                track[d_out] = _slice_atoms(ctx, atoms, i, out.shape[d_out])
             d_in += 1
             d_out += 1
             continue
@@ -613,19 +613,18 @@ def _sym_value(v):
     return v
 
 
-def _slice_atoms(ctx, atoms, s: slice):
+def _slice_atoms(ctx, atoms, s: slice, out_size: int | None = None):
     start, stop, step = s.start, s.stop, s.step
     if any(isinstance(v, (Sym, Opaque)) for v in (start, stop, step)):
-        # the bound follows another tensor's size (`self.pos[:, :x.size(1)]`, `x[..., :x.shape[-1] // 2]`):
-        # positions it leaves out in the trace may be read at another size, so the whole dim is fixed
+        # the bound follows another tensor's size (``self.position_ids[:, :x.shape[1]]``,
+        # ``x[..., :x.shape[-1] // 2]``): positions it leaves out in the trace may be read at another
+        # size, so the whole dim is fixed, and the result has the traced length
         why = f"slice bounds computed from a width at {ctx.where()}"
         ctx.freeze([start, stop, step], why)
-        ctx.atoms.freeze(atoms, why)
-        # the output keeps the traced slice's length: a Sym's traced value is its width times its
-        # scale; an Opaque bound has no known value (the caller's shape check then fails: frozen)
+        ctx.atoms.freeze(atoms, why)  # (ctx.freeze skips bare atom arrays)
         if all(isinstance(v, (int, Sym)) or v is None for v in (start, stop, step)):
             return atoms[slice(*(_sym_value(v) for v in (start, stop, step)))]
-        return atoms[s.start if isinstance(s.start, int) else None:]
+        return atoms[:out_size] if out_size is not None else atoms[s.start if isinstance(s.start, int) else None:]
     size = len(atoms)
     if step not in (None, 1):
         ctx.atoms.freeze(atoms, f"strided slice on a prunable dim at {ctx.where()}")
@@ -772,7 +771,11 @@ def _sdpa(ctx, node, args, kwargs, out):
     kv = TV(v.shape[:-2], {d: t for d, t in v.track.items() if d < v.ndim - 2})
     kb = TV(k.shape[:-2], {d: t for d, t in k.track.items() if d < k.ndim - 2})
     qb = TV(q.shape[:-2], {d: t for d, t in q.track.items() if d < q.ndim - 2})
-    batch = tuple(builtins.max(a, b) for a, b in zip(q.shape[:-2], k.shape[:-2]))
+    if _arg(args, kwargs, 7, "enable_gqa", False) and q.ndim >= 3 and q.shape[-3] != k.shape[-3]:
+        # grouped-query attention: key/value head j serves query heads j*g ... j*g+g-1 (as
+        # repeat_interleave), so a key/value head and its g query heads go together
+        kb, kv = _gqa_heads(kb, q.shape[-3]), _gqa_heads(kv, q.shape[-3])
+    batch = tuple(builtins.max(a, b) for a, b in zip(q.shape[:-2], kb.shape))
     track = broadcast_track(ctx, [qb, kb, kv], out.shape[:-2])
     mask = _arg(args, kwargs, 3, "attn_mask")
     if isinstance(mask, TV):
@@ -789,6 +792,17 @@ def _sdpa(ctx, node, args, kwargs, out):
         track[out.ndim - 1] = v.track[v.ndim - 1]
     out.track = track
     return out
+
+
+def _gqa_heads(x: TV, q_heads: int) -> TV:
+    d = x.ndim - 1  # the head dim, last of the batch dims
+    heads = x.shape[d]
+    if heads == 0 or q_heads % heads:
+        raise ValueError(f"{q_heads} query heads cannot share {heads} key/value heads")
+    track = dict(x.track)
+    if d in track:
+        track[d] = np.repeat(track[d], q_heads // heads)
+    return TV(x.shape[:d] + (q_heads,), track)
 
 
 @function_rule(F.glu)

@@ -1,0 +1,87 @@
+"""Analysis runs of a user's model leave no trace on it.
+
+The engine runs the user's ``forward`` to measure it (``count_ops``), to check a pruned model
+(``surgery.check_runs``) and, when a structural copy cannot be made, to trace it. Code in
+``forward`` often caches things on ``self``: Ultralytics' ``Detect`` head keeps ``self.anchors``,
+``self.strides`` and ``self.shape``, other models keep flags, counters, lists or lazily registered
+buffers. Run on meta tensors, such a cache would be left holding meta tensors, and the model's
+next real forward would fail (``Tensor on device cpu is not on the expected device meta!``).
+
+:func:`side_effects_undone` remembers every module's attributes, one level deep (the values of
+its ``__dict__``, and the contents of the lists, dicts and sets held there, which includes the
+parameter, buffer, submodule and hook tables), and puts them back when the block ends, whatever
+happened inside. Writes into objects nested deeper are not seen.
+"""
+from __future__ import annotations
+
+import contextlib
+
+from torch import nn
+
+def _content(value):
+    if isinstance(value, list):
+        return list(value)
+    if isinstance(value, dict):
+        return list(value.items())  # keeps order (OrderedDict tables)
+    if isinstance(value, set):
+        return set(value)
+    return None
+
+
+def _put_back(value, content) -> None:
+    if isinstance(value, list):
+        if len(value) != len(content) or any(a is not b for a, b in zip(value, content)):
+            value[:] = content
+    elif isinstance(value, dict):
+        if len(value) != len(content) or any(value.get(k, _MISSING) is not v for k, v in content):
+            value.clear()
+            value.update(content)
+    elif isinstance(value, set):
+        if len(value) != len(content) or not all(any(a is b for b in content) for a in value):
+            value.clear()
+            value.update(content)
+
+
+_MISSING = object()
+
+
+def snapshot(model: nn.Module):
+    saved = []
+    for m in model.modules():
+        d = m.__dict__
+        saved.append((m, {k: (v, _content(v)) for k, v in d.items()}))
+    return saved
+
+
+def restore(saved) -> None:
+    for m, entries in saved:
+        d = m.__dict__
+        for k in [k for k in d if k not in entries]:
+            del d[k]
+        for k, (v, content) in entries.items():
+            if d.get(k, _MISSING) is not v:
+                d[k] = v
+            if content is not None:
+                _put_back(v, content)
+
+
+@contextlib.contextmanager
+def side_effects_undone(model: nn.Module):
+    """Within the block, ``model`` may be run freely: every module's attributes are restored after.
+
+    >>> import torch
+    >>> class Caches(torch.nn.Module):
+    ...     def forward(self, x):
+    ...         self.last_shape = x.shape
+    ...         return x
+    >>> m = Caches()
+    >>> with side_effects_undone(m):
+    ...     _ = m(torch.ones(2))
+    >>> hasattr(m, "last_shape")
+    False
+    """
+    saved = snapshot(model)
+    try:
+        yield
+    finally:
+        restore(saved)
