@@ -34,6 +34,10 @@ Building blocks (``spec["blocks"]`` entries are ``(kind, params)`` pairs):
 
 Heads: ``AdaptiveAvgPool2d((2, 2))`` → ``flatten`` → ``Linear(4C, k)``, or a global mean (or
 ``adaptive_avg_pool2d(x, 1).flatten(1)``) → ``Linear(C, k)``.
+
+A second family, token models with the idioms of transformer / LLM code (``spec["family"] ==
+"tokens"``, drawn by ``token_archs()``), lives in ``archgen_tokens``; ``build_model``,
+``make_input`` and ``spec_code`` handle both.
 """
 from __future__ import annotations
 
@@ -43,6 +47,9 @@ import torch
 import torch.nn.functional as F
 from hypothesis import strategies as st
 from torch import nn
+
+import archgen_tokens  # the token family (transformer / LLM idioms): spec["family"] == "tokens"
+from archgen_tokens import norm_param_names, token_archs  # noqa: F401  (re-exported)
 
 ACTS = ("relu", "silu", "hardswish", "gelu")
 _ACT_MODULES = {"relu": nn.ReLU, "silu": nn.SiLU, "hardswish": nn.Hardswish, "gelu": nn.GELU}
@@ -285,6 +292,8 @@ def is_normalizing(spec: dict) -> bool:
 
 def build_model(spec: dict) -> nn.Module:
     """The model a spec describes: float64, eval mode, weights and BN statistics from ``spec["seed"]``."""
+    if spec.get("family") == "tokens":
+        return archgen_tokens.build_model(spec)
     gen = torch.Generator().manual_seed(spec["seed"])
     model = GenNet(spec).double()
     with torch.no_grad():
@@ -304,6 +313,8 @@ def build_model(spec: dict) -> nn.Module:
 
 
 def make_input(spec: dict) -> torch.Tensor:
+    if spec.get("family") == "tokens":
+        return archgen_tokens.make_input(spec)
     gen = torch.Generator().manual_seed(spec["seed"] + 1)
     n, (h, w) = spec["batch"], spec["hw"]
     return torch.randn(n, 3, h, w, generator=gen, dtype=torch.float64)

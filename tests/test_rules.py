@@ -1731,3 +1731,89 @@ def test_attention_option_is_checked_and_reaches_prune():
         dp.build_graph(model, x, attention="rows")
     dp.prune(model, x, ratio=0.5, attention="head_dim")
     assert (model.attn.num_heads, model.attn.head_dim) == (3, 2)
+
+
+# ================================================================= slices sized by another tensor
+class _PosTable(nn.Module):
+    """``self.pos[:, :x.size(1)]``: the bound is the input's length, not a constant."""
+
+    def __init__(self):
+        super().__init__()
+        self.pos = nn.Parameter(torch.randn(1, 10, 8))
+        self.fc = nn.Linear(8, 6)
+        self.fc2 = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.fc2(self.fc(x + self.pos[:, :x.size(1)]))
+
+
+def test_slice_bound_from_a_size_freezes_the_whole_sliced_dim():
+    """Positions past a slice bound read from a tensor's size are unread only at the traced size:
+    none of them may be pruned (the model must still accept longer inputs), and the slice's
+    output keeps its traced length, so the rest of the model is still pruned."""
+    model = _PosTable().double()
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    graph = dp.build_graph(model, x)
+    rows = [g for g in graph.groups if any(m.name == "pos" and m.dim == 1 for m in g.members)]
+    assert len(rows) == 1 and rows[0].size == 0 and rows[0].n_frozen == 10
+    assert "could not apply" not in rows[0].reason, rows[0].reason
+    # the add still couples the table's channels with fc's input (no rule crashed on the slice)
+    stream = [g for g in graph.groups if any(m.name == "pos" and m.dim == 2 for m in g.members)]
+    assert len(stream) == 1 and {(m.name, m.dim) for m in stream[0].members} >= {("pos", 2), ("fc.weight", 1)}
+    g = graph.group_of("fc")
+    assert g.prunable and g.size == 6, graph.summary()
+    g.prune([1, 4])
+    assert model(torch.randn(2, 10, 8, dtype=torch.float64)).shape == (2, 10, 3)
+
+
+class _RotateHalf(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = self.a(x)
+        y1, y2 = y[..., : y.shape[-1] // 2], y[..., y.shape[-1] // 2:]
+        return self.b(torch.cat((-y2, y1), -1) * y)
+
+
+def test_slice_bounds_from_the_width_itself_freeze_it_with_a_reason():
+    graph = dp.build_graph(_RotateHalf(), torch.randn(2, 4))
+    g = graph.group_of("a")
+    assert not g.prunable and "slice bounds computed from a width" in g.reason, graph.summary()
+    # one space: the halves keep their traced widths, so cat and the product still couple a and b
+    assert {(m.name, m.dim) for m in g.members} >= {("a.weight", 0), ("b.weight", 1)}, graph.summary()
+
+
+class _SequenceTables(nn.Module):
+    """nanoGPT / early-Llama style tables read up to the sequence length (a plain int here: the
+    embedding's sequence dim is not a channel)."""
+
+    def __init__(self, c=8, max_t=10):
+        super().__init__()
+        self.embed, self.fc, self.head = nn.Embedding(20, c), nn.Linear(c, 6), nn.Linear(6, 3)
+        self.pos = nn.Parameter(torch.randn(1, max_t, c))
+        self.register_buffer("cos_cached", torch.randn(max_t, c))
+        self.register_buffer("mask", torch.tril(torch.ones(max_t, max_t)).view(1, max_t, max_t))
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        T = x.size(1)
+        x = (x + self.pos[:, :T]) * self.cos_cached[:T]
+        att = (x @ x.transpose(-2, -1)).masked_fill(self.mask[:, :T, :T] == 0, float("-inf")).softmax(-1)
+        return self.head(self.fc(att @ x))
+
+
+def test_tables_read_up_to_the_sequence_length_keep_every_row():
+    """Rows of a parameter / buffer past a constant slice end are unread only at the traced
+    length: none is prunable, so the pruned model still takes every length it took before."""
+    model = _SequenceTables().double()
+    graph = dp.build_graph(model, torch.randint(0, 20, (2, 5)))
+    for name, dim in (("pos", 1), ("cos_cached", 0), ("mask", 1), ("mask", 2)):
+        g, = [g for g in graph.groups if any((m.name, m.dim) == (name, dim) for m in g.members)]
+        assert g.size == 0 and g.n_frozen == 10, (name, dim, graph.summary())
+        assert "read up to position 5" in g.reason
+    g = graph.group_of("fc")
+    assert g.prunable and g.size == 6
+    g.prune([0, 3])
+    assert model(torch.randint(0, 20, (2, 10))).shape == (2, 10, 3)

@@ -606,12 +606,24 @@ def tensor_index(ctx, x: TV, idx, out):
     return out
 
 
+def _sym_value(v):
+    """The traced value of a slice bound: ints and None as they are, a Sym as its width x scale."""
+    if isinstance(v, Sym):
+        return math.floor(np.asarray(v.atoms).size * v.scale)
+    return v
+
+
 def _slice_atoms(ctx, atoms, s: slice, out_size: int | None = None):
     start, stop, step = s.start, s.stop, s.step
     if any(isinstance(v, (Sym, Opaque)) for v in (start, stop, step)):
-        # e.g. ``self.position_ids[:, :n]`` with ``n = x.shape[1]``: every position is kept
-        # as it is (frozen), and the result has the traced length
-        ctx.freeze([atoms, start, stop, step], f"slice bounds computed from a width at {ctx.where()}")
+        # the bound follows another tensor's size (``self.position_ids[:, :x.shape[1]]``,
+        # ``x[..., :x.shape[-1] // 2]``): positions it leaves out in the trace may be read at another
+        # size, so the whole dim is fixed, and the result has the traced length
+        why = f"slice bounds computed from a width at {ctx.where()}"
+        ctx.freeze([start, stop, step], why)
+        ctx.atoms.freeze(atoms, why)  # (ctx.freeze skips bare atom arrays)
+        if all(isinstance(v, (int, Sym)) or v is None for v in (start, stop, step)):
+            return atoms[slice(*(_sym_value(v) for v in (start, stop, step)))]
         return atoms[:out_size] if out_size is not None else atoms[s.start if isinstance(s.start, int) else None:]
     size = len(atoms)
     if step not in (None, 1):
@@ -627,8 +639,23 @@ def _slice_atoms(ctx, atoms, s: slice, out_size: int | None = None):
     if stop_open:
         ctx.atoms.freeze(atoms[:start_n], f"slice [{start}:] at {ctx.where()}")
         return atoms[start_n:]
+    table = _stored_tensor(ctx)
+    if table is not None:
+        # a parameter or buffer read up to a bound: `self.pos[:, :T]`, `self.mask[:, :, :T, :T]`,
+        # `self.cos_cached[:T]` with T the traced sequence length. The positions past it are unread
+        # only at the traced sizes; pruning them breaks (or silently changes) longer inputs.
+        ctx.atoms.freeze(atoms, f"`{table}` read up to position {stop} at {ctx.where()} (a table sliced by an "
+                                f"input's size: the rest is read at other sizes)")
+        return atoms[s]
     ctx.atoms.freeze(atoms[:stop], f"slice [{start}:{stop}] with a constant end at {ctx.where()}")
     return atoms[s]
+
+
+def _stored_tensor(ctx) -> str | None:
+    """The name of the parameter / buffer the current indexing node reads directly, if any."""
+    node = ctx.node
+    src = node.args[0] if node is not None and node.args else None
+    return src.target if getattr(src, "op", None) == "get_attr" else None
 
 
 @function_rule(F.softmax, torch.softmax, F.log_softmax, torch.log_softmax, F.softmin)
