@@ -133,16 +133,35 @@ class Attn(nn.Module):
                 s = q.size(-1) ** -0.5
                 w = (q @ k.transpose(-2, -1)) * s
             elif self.scale_kind == "math_attr":
-                w = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+                w = self._divide(q @ k.transpose(-2, -1))
             else:  # "const": a number fixed at construction
                 w = (q @ k.transpose(-2, -1)) * self.scale
             a = w.softmax(-1) @ v
         return self.out(h + self.o(a.transpose(1, 2).reshape(B, T, -1)))
 
 
+class AttnMath(Attn):
+    """The scale read from the width attribute in ``forward`` itself."""
+
+    def forward(self, x):
+        h = self.inp(x)
+        B, T, _ = h.shape
+        q, k, v = (p(h).view(B, T, self.num_heads, self.head_dim).transpose(1, 2) for p in (self.q, self.k, self.v))
+        w = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+        return self.out(h + self.o((w.softmax(-1) @ v).transpose(1, 2).reshape(B, T, -1)))
+
+
+class AttnHelper(Attn):
+    """The same read, hidden in a helper method: no rule sees it, the numerical check does."""
+
+    def _divide(self, w):
+        return w / math.sqrt(self.head_dim)
+
+
 def _attn(kind):
     torch.manual_seed(0)
-    return Attn(kind).double().eval(), torch.randn(2, 5, 6, dtype=torch.float64)
+    cls = {"math_attr": AttnMath, "helper": AttnHelper}.get(kind, Attn)
+    return cls("math_attr" if kind == "helper" else kind).double().eval(), torch.randn(2, 5, 6, dtype=torch.float64)
 
 
 @pytest.mark.parametrize("kind", ["sdpa_default", "size"])
@@ -161,14 +180,24 @@ def test_head_widths_with_a_constant_scale_prune_exactly(kind):
     assert m.head_dim == 6 and m.q.out_features == 12
 
 
-def test_a_width_attribute_read_as_a_number_elsewhere_is_caught_by_the_numerical_check():
-    """`/ math.sqrt(self.head_dim)`: fx bakes the number, the surgeon rewrites `head_dim`, so the
-    scale would change. No rule can see the Python read; verification does, and freezes the group."""
+def test_a_width_attribute_read_as_a_number_in_forward_is_pinned():
+    """`/ math.sqrt(self.head_dim)`: fx folds the number, the surgeon would rewrite `head_dim`,
+    so the scale would change. The rules see `self.head_dim` read in arithmetic in `forward`
+    and pin that width; verification (which would also catch it) has nothing left to refuse."""
     m, x = _attn("math_attr")
+    assert "read as a number" in frozen_reason(dp.build_graph(m, x), "q")
+    res = dp.prune(m, x, ratio=0.5)
+    assert not res.verification[0].guilty
+    assert m.q.out_features == 16 and m.head_dim == 8
+
+
+def test_the_numerical_check_catches_what_the_rules_cannot_see():
+    """The read hidden in a helper method: the rules let the group through, verification freezes it."""
+    m, x = _attn("helper")
+    assert dp.build_graph(m, x).group_of("q").prunable
     res = dp.prune(m, x, ratio=0.5)
     assert any("numerical check" in r for r in res.verification[0].guilty.values())
     assert m.q.out_features == 16 and m.head_dim == 8
-    assert m.inp.out_features < 16 or m.out.in_features <= 16  # the rest was still planned
 
 
 # ---------------------------------------------------------------------------- indices over channels

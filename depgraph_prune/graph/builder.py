@@ -1,6 +1,8 @@
 """Walk a traced graph, apply the coupling rules, and produce a ``DependencyGraph``."""
 from __future__ import annotations
 
+import re
+
 from typing import Any, Iterable
 
 import numpy as np
@@ -71,6 +73,39 @@ def _freeze_unread(ctx: BuildContext) -> None:
         else:
             table.freeze(real, f"`{m.name}` dim {m.dim} is read in forward but related to no other "
                                "tensor (e.g. only its dtype or device): its positions are not channels")
+
+
+_NUMBER_USE = re.compile(r"sqrt|\*\*|math\.|float\(|(?<!/)/(?!/)")
+
+
+def _forward_lines(cls) -> list[str]:
+    import inspect
+    try:
+        return inspect.getsource(cls.forward).splitlines()
+    except (OSError, TypeError):
+        return []
+
+
+def _freeze_widths_read_as_numbers(ctx: BuildContext) -> None:
+    """A plain integer attribute the surgeon will rewrite (``self.head_dim`` bound to a reshape)
+    that ``forward`` also turns into a number (``1 / math.sqrt(self.head_dim)``): fx folds that
+    number into the graph, so no rule sees it, and the rewritten attribute would change it.
+    Freeze the width when a line of the module's ``forward`` reads the attribute in arithmetic
+    that yields a value (``sqrt``, ``**``, ``/``, ``math.``, ``float(``)."""
+    for m in list(ctx.members.values()):
+        if m.kind != "width" or "[" in m.name:
+            continue
+        owner_name, _, attr = m.name.rpartition(".")
+        owner = ctx.modules.get(owner_name) if owner_name else ctx.model
+        if owner is None or type(getattr(owner, attr, None)) is not int or type(owner).__module__.startswith("torch."):
+            continue
+        pat = re.compile(rf"self\.{re.escape(attr)}\b")
+        for line in _forward_lines(type(owner)):
+            code = line.split("#")[0]
+            if pat.search(code) and _NUMBER_USE.search(code):
+                ctx.atoms.freeze(m.atoms, f"`{m.name}` is also read as a number in forward "
+                                          f"(`{code.strip()}`): pruning it would change that value")
+                break
 
 
 def _hooked_modules(model: nn.Module) -> dict[str, str]:
@@ -280,6 +315,7 @@ def build_context(model: nn.Module, example_inputs: Any, leaf_names: Iterable[st
             notes.append(f"training-mode trace failed ({type(exc).__name__}: {exc}); branches that run "
                          f"only in training mode were not analyzed, so use the pruned model in eval mode")
     _freeze_unread(ctx)
+    _freeze_widths_read_as_numbers(ctx)
     for name, why in ctx.opaque.items():
         notes.append(f"`{name}` was kept whole (opaque): {why}")
     missing = sorted(all_params - reached)
