@@ -281,3 +281,18 @@ def test_traced_outputs_drop_objects_that_are_state():
     dp.prune(model, x, ratio=0.5)
     assert model.a.out_features == 4 and model.k.out_features == 3  # the cache is no output
     assert model(x)["logits"].shape == (2, 2)
+
+
+def test_tracing_patches_do_not_leak_into_modules_torch_imports_lazily():
+    """A fresh process that prunes before anything imported torch._dynamo: dynamo must still see
+    the real `torch.finfo` type (a wrapper captured during the trace broke torch.compile)."""
+    import subprocess
+    import sys
+    code = ("import torch, depgraph_prune as dp\n"
+            "from depgraph_prune.models import cifar_resnet\n"
+            "dp.prune(cifar_resnet(20).eval(), torch.randn(2, 3, 32, 32), ratio=0.5)\n"
+            "import torch._dynamo.utils as u\n"
+            "assert torch.finfo in u.common_constant_types and isinstance(torch.finfo, type)\n"
+            "assert all(isinstance(t, type) for t in u.common_constant_types)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -511,6 +511,10 @@ def _torch_patches():
     ``torch.tensor(n)`` (recorded as a call), ``torch.finfo(x.dtype)`` (the dtype is taken on
     the example input: pruning never changes it). Patched on the ``torch`` module only while
     tracing; with no proxy among the arguments each calls the original unchanged."""
+    # Modules that torch imports lazily take references to these names when first imported;
+    # one imported inside the patch window would keep the wrapper for good (torch._dynamo keeps
+    # `torch.finfo` in a set of types, and `torch.compile` then fails on isinstance). Import it first.
+    import torch._dynamo  # noqa: F401
     saved = {n: getattr(torch, n) for n in _SIZE_FACTORIES + _DATA_FACTORIES + _DTYPE_INFO}
 
     def has_proxy(obj):
