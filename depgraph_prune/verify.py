@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import stateless
 
-from .errors import PruningError, SurgeryError
+from .errors import SurgeryError
 from .progress import stage
 
 #: models with at most this many parameter and buffer elements are checked in float64
@@ -466,13 +466,12 @@ def classify(graph, groups) -> tuple[set, set, dict]:
 
 # ------------------------------------------------------------------------------------ checking
 class _Checker:
-    def __init__(self, graph, dtype, report: Verification, progress=None, inputs=None):
+    def __init__(self, graph, dtype, report: Verification, inputs=None):
         self.graph = graph
         self.inputs = inputs
         self.dtype = dtype
         self.report = report
         self.tol = TOLERANCE.get(dtype or model_dtype(graph.model), 1e-4)
-        self.progress = progress
 
     def check(self, plan, affine_norms: bool, keep: bool = False):
         """(relative difference, record or None). The model is restored unless ``keep`` and the
@@ -560,7 +559,7 @@ class _Checker:
         return found
 
 
-def apply(graph, plan: Mapping, mode=True, keep_partial: bool = True, progress=None, inputs=None):
+def apply(graph, plan: Mapping, mode=True, keep_partial: bool = True, inputs=None):
     """Apply ``plan`` to ``graph``'s model with numerical verification.
 
     Returns ``(record, report)``. ``record`` is the surgery record (``{}`` when nothing was
@@ -581,7 +580,7 @@ def apply(graph, plan: Mapping, mode=True, keep_partial: bool = True, progress=N
         report.skipped = "the model is on the meta device: only the structural check ran"
         record = apply_plan(graph, plan)
         return record, report
-    checker = _Checker(graph, dtype, report, progress, inputs)
+    checker = _Checker(graph, dtype, report, inputs)
     report.dtype = str(dtype or model_dtype(model)).replace("torch.", "")
     report.tolerance = checker.tol
     exact, affine, structural = classify(graph, list(plan))
@@ -590,10 +589,7 @@ def apply(graph, plan: Mapping, mode=True, keep_partial: bool = True, progress=N
     final_plan = dict(plan)
     while exact_plan:
         keep = len(exact_plan) == len(final_plan)  # nothing else to add: keep the checked surgery
-        try:
-            diff, record = checker.check(exact_plan, any(g.index in affine for g in exact_plan), keep=keep)
-        except PruningError:
-            raise
+        diff, record = checker.check(exact_plan, any(g.index in affine for g in exact_plan), keep=keep)
         if diff <= checker.tol:
             report.max_diff = diff
             report.exact = len(exact_plan)
@@ -656,4 +652,3 @@ def describe(report: Verification) -> str:
 __all__ = ["Verification", "VerificationError", "apply", "run", "compare", "masked", "classify", "describe",
            "TOLERANCE", "F64_LIMIT"]
 
-_ = Any  # typing only

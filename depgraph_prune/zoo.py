@@ -42,13 +42,16 @@ KINDS = {"classification": torchvision.models, "segmentation": segmentation, "de
 
 
 def structure(out):
-    """Nested shapes of a model output (tensors → shape tuples, dicts and sequences kept)."""
+    """Nested shapes of a model output (tensors → shape tuples, dicts and sequences kept);
+    the Hugging Face sweep (``zoo_hf``) compares outputs with it too."""
     if isinstance(out, torch.Tensor):
         return tuple(out.shape)
     if isinstance(out, dict):
         return {k: structure(v) for k, v in out.items()}
     if isinstance(out, (tuple, list)):
         return [structure(v) for v in out]
+    if hasattr(out, "to_tuple"):  # a transformers ModelOutput that is not a dict
+        return structure(out.to_tuple())
     return type(out).__name__
 
 

@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 import torch
 
+from .zoo import structure
+
 VOCAB, HIDDEN, FFN, HEADS, KV, LAYERS, SEQ = 128, 64, 128, 4, 2, 2, 8
 
 
@@ -215,17 +217,6 @@ MODELS: list[HFModel] = [
 BY_NAME = {m.name: m for m in MODELS}
 
 
-def structure(out) -> Any:
-    """Nested shapes of a model output (ModelOutput and other dicts by key), to compare."""
-    if isinstance(out, torch.Tensor):
-        return tuple(out.shape)
-    if isinstance(out, dict):
-        return {k: structure(v) for k, v in out.items()}
-    if isinstance(out, (tuple, list)):
-        return [structure(v) for v in out]
-    if hasattr(out, "to_tuple"):
-        return structure(out.to_tuple())
-    return type(out).__name__
 
 
 def run_one(entry: HFModel, ratio: float = 0.5) -> dict:
