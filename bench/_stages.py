@@ -46,9 +46,7 @@ def _targets():
             out.append(("MAC counting", prune, name))
     try:  # the numerical verification step, where the package has one
         verify = mod("depgraph_prune.verify")
-        for name in dir(verify):
-            if name.startswith("verify") and callable(getattr(verify, name)):
-                out.append(("check", verify, name))
+        out.append(("check", verify, "apply"))
     except ImportError:
         pass
     return [(s, o, a) for s, o, a in out if a in vars(o)]

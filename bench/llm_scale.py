@@ -95,7 +95,7 @@ def part_prune(impl):
     top = peak()
     after = sum(p.numel() * p.element_size() for p in model.parameters())
     with torch.no_grad():
-        out = model(ids)
+        out = model(**ids) if isinstance(ids, dict) else model(ids)
     logits = out if isinstance(out, torch.Tensor) else out.logits
     print(f"model: {impl} Llama, {n_params / 1e9:.3f} B parameters, {weights / MiB:.0f} MiB of bfloat16 weights "
           f"(built in {build_s:.1f} s, not timed)")

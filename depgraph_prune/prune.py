@@ -9,6 +9,7 @@ from torch import nn
 
 from . import importance as _imp
 from ._fast_meta import to_meta as _to_meta
+from ._gc import old_objects_frozen
 from .errors import PruningError
 from .graph import DependencyGraph
 from . import progress as _progress
@@ -18,6 +19,7 @@ from .plan import (check_ratio, global_plan, group_ratios, layer_widths, local_p
                    select_channels)
 
 
+@old_objects_frozen
 def build_graph(model: nn.Module, example_inputs: Any, *, ignored_layers: Iterable = (),
                 leaf_modules: Iterable = (), frozen: Iterable = (), attention: str = "heads") -> DependencyGraph:
     """Trace ``model`` on ``example_inputs`` and group its coupled channels.
@@ -291,6 +293,7 @@ def _scores(graph, scorer, ratio, ratios, global_ranking, searched, round_to, mi
     return out
 
 
+@old_objects_frozen
 @_progress.reports("progress")
 def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, importance="l1", *,
           ratios: Mapping[str, float] | None = None, global_ranking: bool = False, max_ratio: float = 0.9,
@@ -457,7 +460,14 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
         if callback is not None:
             callback(model, i)
     with _progress.stage("count"):
-        after = count_ops(model, example_inputs)
+        # the last round's verification ran the pruned model at full size and counted them
+        counted = record.get("macs_after") if record and callback is None else None
+        for r in records:
+            r.pop("macs_after", None)
+        if counted is not None:
+            after = OpCount(macs=int(counted), params=int(sum(p.numel() for p in model.parameters())))
+        else:
+            after = count_ops(model, example_inputs)
     if records and hasattr(getattr(model, "config", None), "to_dict"):  # a transformers model
         from .hf import update_config
         changed = update_config(model)

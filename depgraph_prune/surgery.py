@@ -370,20 +370,31 @@ def output_structure(out):
     return None
 
 
-def check_runs(model: nn.Module, example_inputs, expected, meta: bool = True) -> str | None:
+def check_runs(model: nn.Module, example_inputs, expected, meta: bool = True, macs: list | None = None) -> str | None:
     """Run ``model`` once (on meta copies of its tensors when possible, else for real, without
     touching its buffers) and return what went wrong, or None. ``meta=False``: the unpruned
     model already failed on meta tensors (a kernel stricter there, e.g. ``_grouped_mm`` refusing
-    float32), so a meta failure says nothing and the real run decides."""
+    float32), so a meta failure says nothing and the real run decides. ``macs``: a list that
+    receives the run's MAC count, counted as ``measure.count_ops`` counts (meta run only)."""
+    from ._fast_meta import MetaMemo
     from .trace import _modes, normalize_inputs
     from .trace.symbolic import detached
     args, kwargs = normalize_inputs(example_inputs)
     out = None
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     try:
         # on a detached copy: what forward caches on ``self`` must not reach the model
-        with detached(model) as twin, _modes(twin, False), torch.no_grad():
-            margs, mkwargs = to_meta((args, kwargs))
-            out = twin(*margs, **mkwargs)
+        counting = macs is not None
+        if counting:  # as count_ops: the fused attention fast path has no FLOP formula
+            torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            with detached(model) as twin, _modes(twin, False), torch.no_grad(), MetaMemo(count_flops=counting) as memo:
+                margs, mkwargs = to_meta((args, kwargs))
+                out = twin(*margs, **mkwargs)
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
+        if counting:
+            macs.append(int(memo.flops // 2))
     except Exception as exc:
         if meta and not _meta_limitation(exc):
             return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"

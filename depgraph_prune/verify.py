@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import stateless
 
-from .errors import SurgeryError
+from .errors import PruningError, SurgeryError
 from .progress import stage
 
 #: models with at most this many parameter and buffer elements are checked in float64
@@ -220,7 +220,12 @@ class Probe:
                 continue
             size = w.shape[wdim]
             drop = removed.get(f"{prefix}weight", {}).get(wdim)
-            kept = None if drop is None else torch.as_tensor(np.setdiff1d(np.arange(size), drop.numpy()))
+            if drop is None:
+                kept = None
+            else:
+                stays = np.ones(size, dtype=bool)
+                stays[drop.numpy()] = False
+                kept = torch.from_numpy(np.flatnonzero(stays))
             self.layers.append((mod, name, cdim, kept, size))
         self.recorded: dict = {}
         self.worst = 0.0
@@ -310,17 +315,21 @@ def compare(ref, out) -> float:
 # ------------------------------------------------------------------------------- masked state
 def _removed_positions(graph, plan) -> dict[str, dict[int, torch.Tensor]]:
     """Tensor name -> {dim: removed positions} for the plan (width members left out)."""
-    from .surgery import kept_positions, removed_components
-    keeps = kept_positions(graph, removed_components(graph, plan))
-    kinds = {(m.name, m.dim): m.kind for m in graph._ctx.members.values()}
-    sizes = {(m.name, m.dim): m.atoms.size for m in graph._ctx.members.values()}
-    out: dict[str, dict[int, torch.Tensor]] = {}
+    from .surgery import removed_components
+    removed = removed_components(graph, plan)
+    labels = graph._labels
     no_mask = graph._ctx.no_mask
-    for (name, dim), kept in keeps.items():
-        if kinds[(name, dim)] == "width" or (name, dim) in no_mask:
+    out: dict[str, dict[int, torch.Tensor]] = {}
+    for m in graph._ctx.members.values():
+        if m.kind == "width" or (m.name, m.dim) in no_mask:
             continue
-        drop = np.setdiff1d(np.arange(sizes[(name, dim)]), kept)
-        out.setdefault(name, {})[dim] = torch.as_tensor(drop, dtype=torch.long)
+        real = m.atoms >= 0
+        rem = np.zeros(m.atoms.shape, dtype=bool)
+        rem[real] = removed[labels[m.atoms[real]]]
+        if rem.any():
+            if rem.all():
+                raise PruningError(f"pruning would remove every position of `{m.name}` (dim {m.dim})")
+            out.setdefault(m.name, {})[m.dim] = torch.from_numpy(np.flatnonzero(rem))
     return out
 
 
@@ -407,6 +416,109 @@ def masked(model: nn.Module, removed: dict, base: dict | None = None):
                                f"({failed[0]}): the model is not intact")
 
 
+class _Masks:
+    """Zeroed copies of tensors, made when needed: ``t * keep`` with one 0/1 vector per masked
+    dim, broadcast (built once per tensor). A removed slice holding inf or nan would not become
+    zero this way; the check then fails and is made again with :func:`masked`."""
+
+    def __init__(self, removed_by_id: dict):
+        self.dims = removed_by_id  # id(tensor) -> {dim: removed positions}
+        self._keep: dict = {}
+
+    def zeroed(self, t: torch.Tensor) -> torch.Tensor:
+        key = id(t)
+        dims = self.dims[key]
+        t = t.detach()
+        if not t.is_floating_point():
+            out = t.clone()
+            for dim, idx in dims.items():
+                out.index_fill_(dim, idx.to(t.device), 0)
+            return out
+        keep = self._keep.get(key)
+        if keep is None:
+            keep = []
+            for dim, idx in dims.items():
+                m = torch.ones(t.shape[dim], dtype=t.dtype, device=t.device)
+                m[idx.to(t.device)] = 0
+                keep.append(m.view([-1 if d == dim else 1 for d in range(t.dim())]))
+            self._keep[key] = keep
+        out = t * keep[0]
+        for m in keep[1:]:
+            out.mul_(m)
+        return out
+
+
+def _swap(entries, values):
+    """Put ``values`` in the tensor slots ``entries`` ((table, key) pairs); returns the old ones."""
+    old = []
+    for (table, key), v in zip(entries, values):
+        old.append(table[key])
+        table[key] = v
+    return old
+
+
+def lazily_maskable(graph, removed: dict) -> bool:
+    """Whether :func:`masked_lazily` applies: the graph knows who reads the tensors, and none of
+    them is computed by a parametrization (whose original the owner's forward does not read)."""
+    readers = getattr(graph._ctx, "readers", None)
+    return bool(readers) and not any(".parametrizations." in f".{n}" or n.endswith(("_g", "_v")) for n in removed)
+
+
+@contextlib.contextmanager
+def masked_lazily(model: nn.Module, removed: dict, readers: Mapping[str, str]):
+    """The masked original with no state to restore and no second copy of the model: each
+    module whose forward reads a masked tensor gets, for the length of its call, a zeroed copy in
+    place of that tensor (forward pre-hook, put back by the forward hook). ``readers`` (from the
+    trace) names that module per tensor; a tensor it does not name is zeroed for the whole run.
+    What the trace may not have seen (a tensor read through a reference held elsewhere) makes
+    the check fail, never pass: the caller then checks again with :func:`masked`."""
+    by_id = {}
+    for name, dims in removed.items():
+        by_id[id(_resolve(model, name))] = dims
+    masks = _Masks(by_id)
+    slots: dict[str, list] = {}  # reader module name -> [(table, key, tensor)]
+    for mod_name, mod in model.named_modules(remove_duplicate=False):
+        prefix = f"{mod_name}." if mod_name else ""
+        for table in (mod._parameters, mod._buffers):
+            for key, t in table.items():
+                if t is not None and id(t) in by_id:
+                    reader = readers.get(prefix + key, "")
+                    slots.setdefault(reader, []).append((table, key, t))
+    open_swaps: list = []  # (module, entries, old values) not yet put back, innermost last
+    handles = []
+
+    def enter(owner, entries):
+        old = _swap([(tb, k) for tb, k, _ in entries], [masks.zeroed(t) for _, _, t in entries])
+        open_swaps.append((owner, entries, old))
+
+    def leave(owner=None):
+        # only the swap this module's own pre-hook made (it may have failed before making one)
+        if open_swaps and (owner is None or open_swaps[-1][0] is owner):
+            _, entries, old = open_swaps.pop()
+            _swap([(tb, k) for tb, k, _ in entries], old)
+
+    try:
+        for reader, entries in list(slots.items()):
+            if not reader:
+                continue
+            try:
+                mod = model.get_submodule(reader)
+            except AttributeError:
+                slots.setdefault("", []).extend(entries)
+                continue
+            handles.append(mod.register_forward_pre_hook(lambda m, a, e=entries: enter(m, e), prepend=True))
+            handles.append(mod.register_forward_hook(lambda m, a, o: leave(m), always_call=True))
+        with torch.no_grad():
+            if slots.get(""):
+                enter(model, slots[""])
+            yield None
+    finally:
+        for h in handles:
+            h.remove()
+        while open_swaps:  # a forward that raised half-way: put back what is still swapped
+            leave()
+
+
 def pruned_state(model: nn.Module, dtype, base: dict, removed: dict, excite: bool,
                  rescaled=()) -> dict[str, torch.Tensor]:
     """The pruned model's tensors in ``dtype``; with ``excite``, the excited values of the
@@ -465,25 +577,101 @@ def classify(graph, groups) -> tuple[set, set, dict]:
 
 
 # ------------------------------------------------------------------------------------ checking
+def _probe_budget(model: nn.Module) -> int:
+    """Bytes of layer outputs the probe may hold: a twentieth of the model's tensors, within
+    64 to 256 MiB (a big model's memory goal is a multiple of its weights)."""
+    size = sum(t.numel() * t.element_size() for t in _tensors(model).values())
+    return int(min(1 << 28, max(1 << 26, size // 20)))
+
+
+#: a verification input is reduced to this many positions along a spatial dim, or a quarter of
+#: the given size when that is more
+SMALL_SIDE = 64
+
+
+def reduced_inputs(graph):
+    """Smaller example inputs for the check, or None. Only for a graph whose trace made no
+    decision on input values (``size_generic``: the model runs the same ops at any size, so the
+    couplings the check tests are the same), and only along the spatial dims of image and video
+    inputs (float tensors of 4 or 5 dims: batch and channels stay). A model that does not take
+    them (a fixed position table, a flatten before a linear layer) is checked on the given ones."""
+    ctx = graph._ctx
+    if not getattr(ctx, "size_generic", False):
+        return None
+    changed = False
+
+    def shrink(t):
+        nonlocal changed
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() not in (4, 5):
+            return t
+        size = [t.shape[0], t.shape[1]] + [max(min(d, SMALL_SIDE), d // 4) for d in t.shape[2:]]
+        if list(t.shape) == size:
+            return t
+        changed = True
+        # a centre crop: real pixels (an interpolation would blur them), no new values
+        index = [slice(None), slice(None)] + [slice((d - k) // 2, (d - k) // 2 + k) for d, k in zip(t.shape[2:], size[2:])]
+        return t[tuple(index)].contiguous()
+
+    def walk(obj):
+        if isinstance(obj, torch.Tensor):
+            return shrink(obj)
+        if type(obj) in (list, tuple):
+            return type(obj)(walk(o) for o in obj)
+        if type(obj) is dict:
+            return {k: walk(v) for k, v in obj.items()}
+        return obj
+
+    out = walk(graph.example_inputs)
+    return out if changed else None
+
+
 class _Checker:
+    """Runs the check of a plan. Two shortcuts are tried first and given up for the rest of the
+    prune as soon as a check fails with them, so that a failure is only ever reported by the
+    plain check: a smaller input (``reduced_inputs``, when the caller gave none), and, in the
+    model's own dtype, masking one module at a time (``masked_lazily``) instead of in place."""
+
     def __init__(self, graph, dtype, report: Verification, inputs=None):
         self.graph = graph
         self.inputs = inputs
+        self.small = reduced_inputs(graph) if inputs is None else None
+        self.lazy = True
         self.dtype = dtype
         self.report = report
         self.tol = TOLERANCE.get(dtype or model_dtype(graph.model), 1e-4)
+        self.macs_after = None  # MACs of the kept surgery at the example inputs (full-size run)
+
+    def _relax(self) -> bool:
+        """Give up the next shortcut; False when none is left."""
+        if self.small is not None:
+            self.small = None
+            return True
+        if self.lazy:
+            self.lazy = False
+            return True
+        return False
 
     def check(self, plan, affine_norms: bool, keep: bool = False):
         """(relative difference, record or None). The model is restored unless ``keep`` and the
         plan passed, in which case the surgery stays and its record is returned."""
+        while True:
+            diff, record = self._check(plan, affine_norms, keep)
+            if diff <= self.tol or not self._relax():
+                return diff, record
+
+    def _check(self, plan, affine_norms, keep):
         from .surgery import apply_plan
         model = self.graph.model
-        inputs = self.inputs if self.inputs is not None else self.graph.example_inputs
+        small = self.small
+        inputs = small if small is not None else self.inputs if self.inputs is not None else self.graph.example_inputs
         removed = _removed_positions(self.graph, plan)
+        lazy = self.lazy and self.dtype is None and lazily_maskable(self.graph, removed)
         try:
             with stage("verify"):
-                refs = self._references(model, inputs, removed, affine_norms)
+                refs = self._references(model, inputs, removed, affine_norms, lazy)
         except Exception:
+            if small is not None:  # the model does not take the smaller input: use the given one
+                return float("inf"), None
             if self.dtype is None:
                 raise
             # some kernels have no float64 version (``_grouped_mm`` of MoE experts): check in
@@ -492,8 +680,7 @@ class _Checker:
             self.tol = TOLERANCE.get(model_dtype(model), 1e-4)
             self.report.dtype = str(model_dtype(model)).replace("torch.", "")
             self.report.tolerance = self.tol
-            with stage("verify"):
-                refs = self._references(model, inputs, removed, affine_norms)
+            return self._check(plan, affine_norms, keep)
         with stage("surgery"):
             record = apply_plan(self.graph, plan)
         diff = 0.0
@@ -510,25 +697,38 @@ class _Checker:
                     break
                 self.report.runs += 1
                 diff = max(diff, compare(ref, out), probe.worst)
+            del refs
+            if keep and diff <= self.tol and record and small is not None:
+                # checked on a smaller input: the pruned model must still run, with the same output
+                # shapes, on the user's (on meta tensors, counting its MACs on the way)
+                from .surgery import check_runs
+                counted: list = []
+                with stage("verify"):
+                    problem = check_runs(model, self.graph.example_inputs, self.graph._output_structure,
+                                         meta=getattr(self.graph._ctx, "meta_ok", True), macs=counted)
+                if problem:
+                    diff = float("inf")
+                elif counted:
+                    self.macs_after = counted[0]
         except BaseException:  # our own failure (not the model's): undo, then report it
             if record:
                 record["undo"]()
             raise
-        del refs
         if keep and diff <= self.tol:
             return diff, record
         if record:
             record["undo"]()
         return diff, None
 
-    def _references(self, model, inputs, removed, affine_norms):
+    def _references(self, model, inputs, removed, affine_norms, lazy=False):
         # float64 runs are on copies, so they are also made with excited weights (see _excite)
         variants = (False, True) if self.dtype is not None else (False,)
         refs = []
         for excite in variants:
             base = base_state(model, self.dtype, excite) if self.dtype is not None else None
-            probe = Probe(model, removed)
-            with masked(model, removed, base) as state:
+            probe = Probe(model, removed, budget=_probe_budget(model))
+            mask = masked_lazily(model, removed, self.graph._ctx.readers) if lazy else masked(model, removed, base)
+            with mask as state:
                 refs.append((run(model, inputs, self.dtype, state, affine_norms, probe), probe, base, excite))
             self.report.runs += 1
         return refs
@@ -595,6 +795,8 @@ def apply(graph, plan: Mapping, mode=True, keep_partial: bool = True, inputs=Non
             report.exact = len(exact_plan)
             report.affine_norm = sum(g.index in affine for g in exact_plan)
             if record is not None:
+                if checker.macs_after is not None:
+                    record["macs_after"] = checker.macs_after
                 return _finish(graph, record, report)
             break
         bad = checker.guilty(exact_plan, affine)
@@ -618,12 +820,15 @@ def apply(graph, plan: Mapping, mode=True, keep_partial: bool = True, inputs=Non
     with stage("surgery"):
         record = apply_plan(graph, final_plan)
     if record and report.structural:
+        counted: list = []
         problem = check_runs(model, graph.example_inputs, graph._output_structure,
-                             meta=getattr(graph._ctx, "meta_ok", True))
+                             meta=getattr(graph._ctx, "meta_ok", True), macs=counted)
         if problem:
             record["undo"]()
             raise SurgeryError(f"the pruned model failed its check ({problem}); the surgery was undone. "
                                f"Please report this model: a coupling rule is missing a case.")
+        if counted:
+            record["macs_after"] = counted[0]
     return _finish(graph, record, report)
 
 

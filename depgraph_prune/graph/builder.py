@@ -273,6 +273,30 @@ def _apply(ctx, node, args, kwargs, out):
 ATTENTION_MODES = ("heads", "head_dim")
 
 
+def _readers(gm, model: nn.Module) -> dict[str, str]:
+    """Tensor name -> the innermost module whose forward reads it: a leaf module reads every
+    tensor below it; a ``get_attr`` is read by the module on top of fx's module stack."""
+    tensors = [n for n, _ in model.named_parameters(remove_duplicate=False)] + \
+        [n for n, _ in model.named_buffers(remove_duplicate=False)]
+    under: dict[str, list[str]] = {}
+    for n in tensors:
+        parts = n.split(".")
+        for i in range(1, len(parts)):
+            under.setdefault(".".join(parts[:i]), []).append(n)
+    seen: dict[str, set] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            for n in under.get(node.target, ()):
+                seen.setdefault(n, set()).add(node.target)
+        elif node.op == "get_attr" and isinstance(node.target, str):
+            stack = node.meta.get("nn_module_stack") or {}
+            inner = next(reversed(stack.values()))[0] if stack else ""
+            seen.setdefault(node.target, set()).add(inner if isinstance(inner, str) else "")
+    # read by two modules: the root, whose forward spans both, is where it is zeroed
+    out = {n: (next(iter(r)) if len(r) == 1 else "") for n, r in seen.items()}
+    return out
+
+
 def build_context(model: nn.Module, example_inputs: Any, leaf_names: Iterable[str] = (),
                   attention: str = "heads") -> tuple[BuildContext, list[str]]:
     load_optional_rules()
@@ -293,6 +317,8 @@ def build_context(model: nn.Module, example_inputs: Any, leaf_names: Iterable[st
     ctx.opaque = dict(tr.opaque)
     ctx.meta_ok = tr.meta_ok
     ctx.macs = tr.macs
+    ctx.readers = _readers(tr.gm, model)
+    ctx.size_generic = not tr.decided and not tr.opaque and tr.meta_ok
     with _progress.stage("build"):
         walk(ctx, tr.gm, tr.decided)
     reached = set(tr.reached_params)

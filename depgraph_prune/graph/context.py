@@ -70,6 +70,13 @@ class BuildContext:
     no_mask: set = field(default_factory=set)
     #: MACs of the model on the example inputs, counted while shapes were propagated (or None)
     macs: int | None = None
+    #: tensor name -> the module whose forward reads it in eval mode ("" for the root): where
+    #: verification zeroes it, one module at a time (see ``verify.masked_lazily``)
+    readers: dict = field(default_factory=dict)
+    #: no Python decision of the eval-mode trace read a value of the example input (no shape
+    #: check, no ``int(x.shape[-1])``, no opaque leaf): the model runs the same ops at any input
+    #: size, so verification may run on a smaller input (see ``verify.reduced_inputs``)
+    size_generic: bool = False
 
     def snapshot(self):
         a = self.atoms

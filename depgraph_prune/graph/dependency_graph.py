@@ -6,6 +6,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import networkx as nx
 from torch import nn
 
+from .._gc import old_objects_frozen
 from .._isolation import side_effects_undone
 from ..errors import PruningError, SurgeryError
 from .builder import ATTENTION_MODES, build_context
@@ -123,6 +124,7 @@ class DependencyGraph:
         return [g for g in self.groups if g.prunable]
 
     # -- surgery ------------------------------------------------------------------------------
+    @old_objects_frozen
     def prune(self, plan: Mapping[Group, Sequence[int]], *, validate: bool = True, verify=True,
               optimizer=None, verify_inputs=None) -> dict:
         """Remove the given channels of each group, all or nothing. Returns the kept indices

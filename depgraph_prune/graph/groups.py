@@ -10,6 +10,7 @@ import torch
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from .._gc import old_objects_frozen
 from .context import KERNEL_DIM, BuildContext
 
 
@@ -124,6 +125,7 @@ class Group:
                 seen.append(owner)
         return seen
 
+    @old_objects_frozen
     def prune(self, channels: Sequence[int], *, verify=True, optimizer=None) -> None:
         """Remove exactly these channels from every member, in the user's model, all or nothing.
 

@@ -73,6 +73,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._gc import old_objects_frozen
 from .. import importance as _imp
 from ..analysis import _separation, filter_l1_norms
 from ..errors import PruningError
@@ -618,6 +619,7 @@ class RegularizedPruner:
         self.progress = False
 
     # -- surgery -------------------------------------------------------------------------------------------
+    @old_objects_frozen
     def prune(self, optimizer=None, *, verify=True) -> PruneResult:
         """Remove ``S_p`` of every regularized group from the model (in place, through the
         engine) and return a :class:`~depgraph_prune.prune.PruneResult`. GReg-2 before its pick and

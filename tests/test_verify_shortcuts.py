@@ -1,0 +1,190 @@
+"""The check's two shortcuts (``depgraph_prune.verify._Checker``) and what backs them.
+
+* a smaller input (``reduced_inputs``) where the trace made no decision on input values, with
+  the pruned model then run at the user's size on meta tensors (which also counts its MACs);
+* in the model's own dtype, masking one module at a time (``masked_lazily``) instead of
+  zeroing and restoring slices in place.
+
+A failure seen with a shortcut is never reported: the check is made again without it, so a
+wrong rule is still caught (on the given input, in place), and a model the shortcut does not
+suit is still pruned.
+"""
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import depgraph_prune as dp
+from depgraph_prune import verify as V
+from depgraph_prune.graph import builder
+
+from test_verify import TwoPaths, _same, _state, wrong_roll_rule  # noqa: F401 (fixture)
+
+
+@pytest.fixture
+def seen_inputs(monkeypatch):
+    """The spatial sizes every verification run was made on."""
+    sizes = []
+    run = V.run
+
+    def spy(model, example_inputs, *a, **k):
+        x = example_inputs if isinstance(example_inputs, torch.Tensor) else example_inputs[0]
+        sizes.append(tuple(x.shape[2:]))
+        return run(model, example_inputs, *a, **k)
+    monkeypatch.setattr(V, "run", spy)
+    return sizes
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.c2 = nn.Conv2d(16, 16, 3, padding=1, stride=2)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        y = self.c2(torch.relu(self.bn(self.c1(x))))
+        return self.fc(F.adaptive_avg_pool2d(y, 1).flatten(1))
+
+
+def test_reduced_inputs_only_spatial_dims_of_size_generic_graphs():
+    g = dp.build_graph(Net().eval(), torch.randn(2, 3, 200, 120))
+    small = V.reduced_inputs(g)
+    assert small.shape == (2, 3, 64, 64)  # max(min(d, 64), d // 4)
+    assert torch.equal(small, g.example_inputs[:, :, 68:132, 28:92])  # a centre crop of real pixels
+    g = dp.build_graph(Net().eval(), torch.randn(1, 3, 400, 32))
+    assert V.reduced_inputs(g).shape == (1, 3, 100, 32)
+    assert V.reduced_inputs(dp.build_graph(Net().eval(), torch.randn(1, 3, 64, 64))) is None  # nothing to gain
+
+    class Decides(Net):
+        def forward(self, x):
+            if x.shape[-1] > 100:  # a decision on the input's size: the ops depend on it
+                x = x[..., ::2]
+            return super().forward(x)
+    g = dp.build_graph(Decides().eval(), torch.randn(1, 3, 256, 256))
+    assert not g._ctx.size_generic and V.reduced_inputs(g) is None
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_prune_is_checked_on_the_smaller_input(seen_inputs, monkeypatch, native):
+    if native:
+        monkeypatch.setattr(V, "F64_LIMIT", 0)
+    torch.manual_seed(0)
+    m, x = Net().eval(), torch.randn(1, 3, 160, 160)
+    res = dp.prune(m, x, ratio=0.5)
+    rep = res.verification[0]
+    assert not rep.guilty and rep.exact == 2 and rep.max_diff <= rep.tolerance  # c1+bn, c2
+    assert set(seen_inputs) == {(64, 64)}  # every numerical run on the smaller input
+    # the pruned model's MACs at the user's size came from the check's full-size meta run
+    assert res.after == dp.count_ops(m, x)
+    assert m.c1.out_channels == 8
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_wrong_rule_still_caught_and_reported_on_the_given_input(wrong_roll_rule, seen_inputs, monkeypatch, native):
+    if native:
+        monkeypatch.setattr(V, "F64_LIMIT", 0)
+    torch.manual_seed(0)
+    m, x = TwoPaths(zero_head=True).eval(), torch.randn(1, 3, 128, 128)
+    before = _state(m)
+    with pytest.raises(V.VerificationError):
+        dp.prune(m, x, ratio=0.5, verify="raise")
+    assert _same(before, _state(m))
+    assert (64, 64) in seen_inputs and (128, 128) in seen_inputs  # tried small, failed, checked as given
+    seen_inputs.clear()
+    res = dp.prune(m, x, ratio=0.5)
+    assert len(res.verification[0].guilty) == 1
+    assert m.a1.out_channels == 8 and m.b1.out_channels == 4
+    assert (128, 128) in seen_inputs  # the failure confirmed on the given input before freezing
+
+
+class FixedSize(nn.Module):
+    """Takes exactly one input size (a flatten into a linear layer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1, stride=4)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1, stride=4)
+        self.fc = nn.Linear(8 * 6 * 6, 3)
+
+    def forward(self, x):
+        return self.fc(self.c2(torch.relu(self.c1(x))).flatten(1))
+
+
+def test_model_that_refuses_the_smaller_input_is_checked_on_the_given_one(seen_inputs):
+    torch.manual_seed(0)
+    m, x = FixedSize().eval(), torch.randn(1, 3, 96, 96)
+    res = dp.prune(m, x, ratio=0.5)
+    rep = res.verification[0]
+    assert not rep.guilty and rep.exact >= 1
+    assert seen_inputs[-1] == (96, 96)
+    assert m.c1.out_channels == 4 and m(x).shape == (1, 3)
+
+
+def test_lazy_masking_that_misses_a_reader_falls_back_to_masking_in_place(monkeypatch):
+    monkeypatch.setattr(V, "F64_LIMIT", 0)
+    # every tensor said to be read by a module that never reads it: the lazily masked model is
+    # then the unmasked one, the check fails, and is made again with in-place masking
+    monkeypatch.setattr(builder, "_readers", lambda gm, model: {n: "fc" for n, _ in model.named_parameters()})
+    used = []
+    lazily, in_place = V.masked_lazily, V.masked
+    monkeypatch.setattr(V, "masked_lazily", lambda *a: (used.append("lazy"), lazily(*a))[1])
+    monkeypatch.setattr(V, "masked", lambda *a: (used.append("in place"), in_place(*a))[1])
+    torch.manual_seed(0)
+    m, x = Net().eval(), torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        m.bn.running_mean.uniform_(-1, 1)
+    ref = m(x)
+    res = dp.prune(m, x, ratio=0.5)
+    assert used[0] == "lazy" and "in place" in used
+    assert not res.verification[0].guilty and m.c1.out_channels == 8
+    assert torch.isfinite(m(x)).all() and m(x).shape == ref.shape
+
+
+def test_lazy_masks_are_put_back_when_forward_raises():
+    m = Net().eval()
+    x = torch.randn(1, 3, 8, 8)
+    w, fw = m.c1.weight, m.fc.weight
+    removed = {"c1.weight": {0: torch.tensor([0, 1])}, "fc.weight": {1: torch.tensor([2])}}
+    inside = []
+
+    def boom(mod, args):
+        inside.append((m.c1.weight[:2].any().item(), m.fc.weight[:, 2].any().item()))
+        raise RuntimeError("boom")
+    h = m.c2.register_forward_pre_hook(boom)
+    # c1.weight zeroed for the whole run (root), fc.weight for the length of c2's call
+    with pytest.raises(RuntimeError, match="boom"):
+        with V.masked_lazily(m, removed, {"c1.weight": "", "fc.weight": "c2"}):
+            m(x)
+    h.remove()
+    assert inside == [(False, False)]
+    assert m.c1.weight is w and m.fc.weight is fw and w[:2].any() and fw[:, 2].any()  # back, untouched
+    assert not m.c2._forward_pre_hooks and not m.c2._forward_hooks
+
+
+def test_engine_calls_leave_the_collector_as_they_found_it(monkeypatch):
+    calls = []
+    freeze, unfreeze = gc.freeze, gc.unfreeze
+    monkeypatch.setattr(gc, "freeze", lambda: (calls.append("freeze"), freeze())[1])
+    monkeypatch.setattr(gc, "unfreeze", lambda: (calls.append("unfreeze"), unfreeze())[1])
+    m, x = Net().eval(), torch.randn(1, 3, 16, 16)
+    assert gc.get_freeze_count() == 0
+    dp.prune(m, x, ratio=0.5)  # dp.prune calls build_graph and graph.prune inside: one freeze
+    assert calls == ["freeze", "unfreeze"]
+    assert gc.get_freeze_count() == 0 and gc.isenabled()
+    calls.clear()
+    with pytest.raises(dp.PruningError):
+        dp.prune(Net().eval(), x, ratio=2.0)
+    assert calls == ["freeze", "unfreeze"] and gc.get_freeze_count() == 0  # also when the call fails
+    calls.clear()
+    freeze()  # a process that froze its own objects keeps them frozen
+    try:
+        dp.prune(Net().eval(), x, ratio=0.5)
+        assert calls == [] and gc.get_freeze_count() > 0
+    finally:
+        unfreeze()
