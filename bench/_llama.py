@@ -151,4 +151,7 @@ def example_ids(shape: LlamaShape, device="cpu"):
 
 #: ``dp.prune`` ratios: half of every MLP's intermediate width, a quarter of the key/value heads
 #: (each with its query heads)
-RATIOS = {"layers.*.mlp.*": 0.5, "layers.*.self_attn.*": 0.25}
+# a group takes the ratio of its first producer a pattern matches: the MLP widths (gate/up),
+# the key/value heads with the query heads that read them (q/k/v); the residual width, whose
+# producers are the embedding, o_proj and down_proj, is left whole
+RATIOS = {"layers.*.mlp.[gu]*_proj": 0.5, "layers.*.self_attn.[qkv]_proj": 0.25}

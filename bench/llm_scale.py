@@ -5,17 +5,16 @@ the meta device, and the build time against the layer count.
     python bench/llm_scale.py --part prune     # 1B, bfloat16: time and peak memory of one dp.prune
     python bench/llm_scale.py --part meta7b    # 7B on the meta device: graph, groups, a random plan
     python bench/llm_scale.py --part scaling   # build time at 4, 16 and 32 layers (1B widths, meta)
-    python bench/llm_scale.py --impl hf        # Hugging Face LlamaForCausalLM instead of bench/_llama.py
+    python bench/llm_scale.py --impl local     # bench/_llama.py's hand-written decoder instead
 
-The model (``--impl local``, default) is ``bench/_llama.py``'s Llama-architecture decoder with
-Llama-3.2-1B's shape (hidden 2048, MLP 8192, 16 layers, 32 query / 8 key-value heads, vocabulary
-128,256, tied embedding: 1.24 B parameters), random init, built directly in bfloat16. ``--impl hf``
-builds ``transformers.LlamaForCausalLM`` from the same config (it needs a tracer that takes
-transformers' decorated ``forward``: see the notes it prints when it cannot).
+The model (``--impl hf``, default) is ``transformers.LlamaForCausalLM`` built from a
+``LlamaConfig`` with Llama-3.2-1B's shape (hidden 2048, MLP 8192, 16 layers, 32 query / 8
+key-value heads, vocabulary 128,256, tied embedding: 1.24 B parameters), random init, in
+bfloat16. ``--impl local`` is ``bench/_llama.py``'s hand-written decoder of the same shape.
 
-``prune``: ``dp.prune(model, ids, ratios={MLP: 0.5, attention: 0.25}, importance="l2")``, one
+``prune``: ``dp.prune(model, ids, ratios=RATIOS, importance="l2")`` (``bench/_llama.py``), one
 thread, 16 example tokens: half of every MLP's intermediate width and a quarter of the key/value
-heads, each with the query heads that read it. Memory is measured as in ``bench/memory.py``:
+heads, each with the query heads that read it; the residual width is left whole. Memory is measured as in ``bench/memory.py``:
 ``(peak RSS - RSS before the model was built) / weight bytes`` (goal <= 1.3) and the pruning
 overhead over the loaded model. Goals (issue 18): <= 2 minutes, <= 1.3x.
 
@@ -64,7 +63,7 @@ def _model(impl, shape, dtype, device):
                 if n.endswith("inv_freq"):
                     hd = shape.hidden // shape.heads
                     b.copy_(1.0 / (10000 ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd)))
-    return model.eval(), {"model.layers.*.mlp.*": 0.5, "model.layers.*.self_attn.*": 0.25}
+    return model.eval(), {f"model.{k}": v for k, v in L.RATIOS.items()}
 
 
 def _inputs(impl, shape, device="cpu"):
@@ -165,7 +164,7 @@ def part_scaling(impl, repeat):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", choices=["all", "prune", "meta7b", "scaling"], default="all")
-    p.add_argument("--impl", choices=["local", "hf"], default="local")
+    p.add_argument("--impl", choices=["local", "hf"], default="hf")
     p.add_argument("--repeat", type=int, default=3)
     args = p.parse_args()
     if args.part == "all":

@@ -332,9 +332,12 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
       the removed channels zeroed (:mod:`depgraph_prune.verify`); groups that fail are frozen
       with the reason, the rest is planned again, and ``result.verification`` says what was
       checked and how. ``verify="raise"`` raises instead; ``verify=False`` skips the check.
-      It costs about one forward pass of the original and one of the pruned model on the example
-      inputs; ``verify_inputs=`` runs it on other inputs instead (a convolutional network's
-      couplings do not depend on the image size, so a 64x64 image checks a 224x224 model).
+      It costs about one forward pass of the original and one of the pruned model. Where the
+      trace shows that the model runs the same ops at any input size, image and video inputs
+      are checked on a centre crop (each side cut to a quarter, but not below 64), and the
+      pruned model is then run at the given size on meta tensors; a model that refuses the
+      crop, or a check that fails on it, is checked on the given inputs. ``verify_inputs=``
+      names the inputs to check on instead.
     * ``optimizer``: a ``torch.optim.Optimizer`` over the model's parameters, created before
       pruning: its per-parameter state (momentum, Adam moments) is sliced in place to the kept
       channels (:func:`depgraph_prune.rebuild_optimizer`), so training goes on with it.

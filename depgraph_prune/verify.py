@@ -17,6 +17,12 @@ second copy of a big model is made.
 On a mismatch the surgery is undone, the plan is bisected to find the groups at fault, those are
 reported (and frozen by the caller), and the rest is checked again.
 
+Two shortcuts make the check cheap, and neither is trusted with a failure (a mismatch seen with
+one is checked again without it, and the shortcut is dropped): where the trace is size-generic,
+image inputs are checked on a centre crop (:func:`reduced_inputs`), the pruned model then run at
+the given size on meta tensors; in the model's own dtype the masked original is made one module
+at a time (:func:`masked_lazily`), with no copy of the model and nothing to restore.
+
 Groups whose channels reach a channel-normalizing op cannot pass this test as it stands, since
 zeroing a channel is not the same as removing it for a mean or a norm over the channels:
 
@@ -448,6 +454,49 @@ class _Masks:
         return out
 
 
+_LINEAR_LIKE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _activation_masks(mod: nn.Module, entries, by_id: dict):
+    """For a plain linear or convolution layer (or an embedding) whose masked tensors are only
+    its own weight and bias: (input keep mask or None, output keep mask or None), so that
+    ``y = layer(x * keep_in) * keep_out`` is the masked layer's output exactly (a zero weight
+    column times x is the weight times a zero input; a zero weight row with a zero bias is a zero
+    output) without copying the weight. None where that does not hold."""
+    if type(mod) not in (*_LINEAR_LIKE, nn.Embedding) or getattr(mod, "parametrizations", None) is not None:
+        return None
+    own = {id(mod._parameters.get("weight")): "weight", id(mod._parameters.get("bias")): "bias"}
+    names = [own.get(id(t)) for table, key, t in entries]
+    if None in names or any(table is not mod._parameters for table, _, _ in entries):
+        return None
+    dims = {n: by_id[id(t)] for n, (_, _, t) in zip(names, entries)}
+    w, b = dims.get("weight", {}), dims.get("bias", {})
+    if isinstance(mod, nn.Embedding):
+        return (None, (-1, w[1])) if set(w) == {1} and not b else None
+    if isinstance(mod, nn.modules.conv._ConvNd) and (mod.groups != 1 or mod.transposed):
+        return None
+    if set(w) - {0, 1}:
+        return None
+    rows = w.get(0)
+    if rows is not None and mod.bias is not None and not torch.equal(b.get(0, torch.empty(0, dtype=torch.long)), rows):
+        return None  # the bias is not zeroed where the rows are: the output is not zero there
+    if rows is None and b:
+        return None
+    where = -1 if isinstance(mod, nn.Linear) else -(len(mod.kernel_size) + 1)  # the channel dim, from the end
+    return ((where, w[1]) if 1 in w else None), ((where, rows) if rows is not None else None)
+
+
+def _keep_like(x: torch.Tensor, where: int, drop: torch.Tensor, cache: dict):
+    dim = x.dim() + where
+    key = (id(drop), x.dim(), dim, x.dtype, x.device)
+    keep = cache.get(key)
+    if keep is None:
+        v = torch.ones(x.shape[dim], dtype=x.dtype, device=x.device)
+        v[drop.to(x.device)] = 0
+        keep = cache[key] = v.view([-1 if d == dim else 1 for d in range(x.dim())])
+    return keep
+
+
 def _swap(entries, values):
     """Put ``values`` in the tensor slots ``entries`` ((table, key) pairs); returns the old ones."""
     old = []
@@ -462,6 +511,24 @@ def lazily_maskable(graph, removed: dict) -> bool:
     them is computed by a parametrization (whose original the owner's forward does not read)."""
     readers = getattr(graph._ctx, "readers", None)
     return bool(readers) and not any(".parametrizations." in f".{n}" or n.endswith(("_g", "_v")) for n in removed)
+
+
+def _masking_hooks(mod, keep_in, keep_out, cache):
+    """Hooks masking a layer's input and output (see ``_activation_masks``); the channel dim is
+    counted from the end, so unbatched calls are masked alike."""
+    out = []
+    if keep_in is not None:
+        def pre(m, args, where=keep_in[0], drop=keep_in[1]):
+            if not args or not isinstance(args[0], torch.Tensor):
+                return None  # called with keywords: left unmasked, so the check fails and is redone in place
+            x = args[0]
+            return (x * _keep_like(x, where, drop, cache),) + tuple(args[1:])
+        out.append(mod.register_forward_pre_hook(pre, prepend=True))
+    if keep_out is not None:
+        def post(m, args, y, where=keep_out[0], drop=keep_out[1]):
+            return y * _keep_like(y, where, drop, cache)
+        out.append(mod.register_forward_hook(post))
+    return out
 
 
 @contextlib.contextmanager
@@ -486,6 +553,7 @@ def masked_lazily(model: nn.Module, removed: dict, readers: Mapping[str, str]):
                     slots.setdefault(reader, []).append((table, key, t))
     open_swaps: list = []  # (module, entries, old values) not yet put back, innermost last
     handles = []
+    cache: dict = {}
 
     def enter(owner, entries):
         old = _swap([(tb, k) for tb, k, _ in entries], [masks.zeroed(t) for _, _, t in entries])
@@ -505,6 +573,10 @@ def masked_lazily(model: nn.Module, removed: dict, readers: Mapping[str, str]):
                 mod = model.get_submodule(reader)
             except AttributeError:
                 slots.setdefault("", []).extend(entries)
+                continue
+            act = _activation_masks(mod, entries, by_id)
+            if act is not None and all(x is None or x[1].numel() for x in act):
+                handles += _masking_hooks(mod, *act, cache)
                 continue
             handles.append(mod.register_forward_pre_hook(lambda m, a, e=entries: enter(m, e), prepend=True))
             handles.append(mod.register_forward_hook(lambda m, a, o: leave(m), always_call=True))
@@ -672,6 +744,9 @@ class _Checker:
         except Exception:
             if small is not None:  # the model does not take the smaller input: use the given one
                 return float("inf"), None
+            if lazy:  # nor the masking hooks (a layer called in a way they do not expect)
+                self.lazy = False
+                return self._check(plan, affine_norms, keep)
             if self.dtype is None:
                 raise
             # some kernels have no float64 version (``_grouped_mm`` of MoE experts): check in

@@ -188,3 +188,51 @@ def test_engine_calls_leave_the_collector_as_they_found_it(monkeypatch):
         assert calls == [] and gc.get_freeze_count() > 0
     finally:
         unfreeze()
+
+
+class Mixed(nn.Module):
+    """Every kind of layer masked_lazily handles: activation masks (linear, convolution,
+    embedding) and zeroed copies (norms, a parameter read in forward, attention)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(11, 16)
+        self.fc1 = nn.Linear(16, 32)
+        self.fc2 = nn.Linear(32, 16, bias=False)
+        self.ln = nn.LayerNorm(16)
+        self.scale = nn.Parameter(torch.rand(16) + 0.5)
+        self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.conv = nn.Conv1d(16, 8, 3, padding=1)
+        self.bn = nn.BatchNorm1d(8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, ids):
+        h = self.emb(ids)
+        h = h + self.fc2(torch.relu(self.fc1(h))) * self.scale
+        h = h + self.attn(h, h, h, need_weights=False)[0]
+        y = self.bn(self.conv(self.ln(h).transpose(1, 2)))
+        return self.head(torch.relu(y).mean(2))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_lazy_masking_computes_exactly_what_in_place_masking_computes(seed):
+    from depgraph_prune import importance as I
+    from depgraph_prune.plan import local_plan
+    torch.manual_seed(seed)
+    m, ids = Mixed().eval(), torch.randint(0, 11, (2, 7))
+    with torch.no_grad():
+        m.bn.running_mean.uniform_(-1, 1)
+        m.bn.running_var.uniform_(0.5, 2)
+    g = dp.build_graph(m, ids)
+    plan = {k: v for k, v in local_plan(g, I.resolve("random"), {gr.index: 0.5 for gr in g.groups}).items() if len(v)}
+    assert len(plan) >= 3
+    removed = V._removed_positions(g, plan)
+    before = _state(m)
+    with V.masked(m, removed):
+        ref = V.run(m, ids, affine_norms=True)
+    with V.masked_lazily(m, removed, g._ctx.readers):
+        out = V.run(m, ids, affine_norms=True)
+    assert _same(before, _state(m))
+    assert torch.allclose(out, ref, rtol=0, atol=1e-6), (out - ref).abs().max()
+    unmasked = V.run(m, ids, affine_norms=True)
+    assert not torch.allclose(unmasked, ref)  # the masks did something
