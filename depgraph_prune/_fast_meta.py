@@ -358,6 +358,12 @@ def _flop_registry() -> dict:
     if not _REGISTRY:
         from torch.utils.flop_counter import flop_registry
         _REGISTRY.update(flop_registry)
+        # CPU attention's flash kernel (what `scaled_dot_product_attention` runs without a mask)
+        # has no formula in torch: it is the same attention as the CUDA flash kernel's
+        aten = torch.ops.aten
+        cpu_flash = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+        if cpu_flash is not None and aten._scaled_dot_product_flash_attention in _REGISTRY:
+            _REGISTRY.setdefault(cpu_flash, _REGISTRY[aten._scaled_dot_product_flash_attention])
     return _REGISTRY
 
 

@@ -86,7 +86,8 @@ def count_ops(model: nn.Module, example_inputs) -> OpCount:
                 twin(*margs, **mkwargs)
             flops = memo.flops
         except Exception:  # data-dependent code (x.item(), nonzero) needs the real tensors
-            with torch.no_grad(), detached(model, meta=False) as twin, FlopCounterMode(display=False) as counter:
+            with torch.no_grad(), detached(model, meta=False) as twin, \
+                    FlopCounterMode(display=False, custom_mapping=_extra_formulas()) as counter:
                 twin(*args, **kwargs)
             flops = counter.get_total_flops()
     finally:
@@ -97,6 +98,21 @@ def count_ops(model: nn.Module, example_inputs) -> OpCount:
     # parameters() already de-duplicates shared Parameter objects; empty models give 0.
     params = sum(p.numel() for p in model.parameters())
     return OpCount(macs=int(macs), params=int(params))
+
+
+def _extra_formulas() -> dict:
+    """Formulas ``FlopCounterMode`` lacks (on shapes): CPU attention's flash kernel, which
+    ``scaled_dot_product_attention`` runs on the CPU without a mask."""
+    from ._fast_meta import _flop_registry
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    formula = _flop_registry().get(op) if op is not None else None
+    if formula is None:
+        return {}
+
+    def on_tensors(*args, **kwargs):  # the registry's formulas take tensors already
+        return formula(*args, **kwargs)
+    on_tensors._get_raw = True
+    return {op: on_tensors}
 
 
 def speedup(before: OpCount, after: OpCount) -> float:

@@ -334,7 +334,8 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
       checked and how. ``verify="raise"`` raises instead; ``verify=False`` skips the check.
       It costs about one forward pass of the original and one of the pruned model. Where the
       trace shows that the model runs the same ops at any input size, image and video inputs
-      are checked on a centre crop (each side cut to a quarter, but not below 64), and the
+      are checked on a centre crop (each side cut to a quarter, but not below 64) and token
+      inputs on a prefix (a quarter, not below 16 tokens), and the
       pruned model is then run at the given size on meta tensors; a model that refuses the
       crop, or a check that fails on it, is checked on the given inputs. ``verify_inputs=``
       names the inputs to check on instead.

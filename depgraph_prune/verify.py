@@ -656,16 +656,18 @@ def _probe_budget(model: nn.Module) -> int:
     return int(min(1 << 28, max(1 << 26, size // 20)))
 
 
-#: a verification input is reduced to this many positions along a spatial dim, or a quarter of
-#: the given size when that is more
+#: a verification input is reduced to this many positions along a spatial dim (``SMALL_SEQ``
+#: along a token sequence), or a quarter of the given size when that is more
 SMALL_SIDE = 64
+SMALL_SEQ = 16
 
 
 def reduced_inputs(graph):
     """Smaller example inputs for the check, or None. Only for a graph whose trace made no
     decision on input values (``size_generic``: the model runs the same ops at any size, so the
     couplings the check tests are the same), and only along the spatial dims of image and video
-    inputs (float tensors of 4 or 5 dims: batch and channels stay). A model that does not take
+    inputs (float tensors of 4 or 5 dims: a centre crop; batch and channels stay) and along the
+    sequence of token inputs (integer tensors of 2 dims: a prefix). A model that does not take
     them (a fixed position table, a flatten before a linear layer) is checked on the given ones."""
     ctx = graph._ctx
     if not getattr(ctx, "size_generic", False):
@@ -674,7 +676,15 @@ def reduced_inputs(graph):
 
     def shrink(t):
         nonlocal changed
-        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() not in (4, 5):
+        if not isinstance(t, torch.Tensor):
+            return t
+        if t.dim() == 2 and not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool:
+            k = max(min(t.shape[1], SMALL_SEQ), t.shape[1] // 4)
+            if k == t.shape[1]:
+                return t
+            changed = True
+            return t[:, :k].contiguous()
+        if not t.is_floating_point() or t.dim() not in (4, 5):
             return t
         size = [t.shape[0], t.shape[1]] + [max(min(d, SMALL_SIDE), d // 4) for d in t.shape[2:]]
         if list(t.shape) == size:

@@ -302,3 +302,25 @@ def test_attention_fast_path_setting_is_restored():
 
 def test_data_dependent_forward_falls_back_to_a_real_count():
     assert count_ops(_DataDependent(), torch.randn(3, 8)).macs == 3 * 8 * 4
+
+
+class _Attention(torch.nn.Module):
+    """Attention through ``scaled_dot_product_attention`` without a mask: on the CPU it runs a
+    flash kernel that torch's FLOP counter has no formula for."""
+
+    def __init__(self, d=32, heads=4):
+        super().__init__()
+        self.qkv, self.heads = torch.nn.Linear(d, 3 * d, bias=False), heads
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d)
+
+
+def test_cpu_flash_attention_is_counted_and_agrees_with_the_graph():
+    import depgraph_prune as dp
+    m, x = _Attention().eval(), torch.randn(2, 10, 32)
+    attention = 2 * 4 * (10 * 10 * 8) * 2  # batch * heads * (QK^T and AV, each t*t*head_dim)
+    assert count_ops(m, x).macs == 2 * 10 * 32 * 96 + attention
+    assert dp.build_graph(m, x)._ctx.macs == count_ops(m, x).macs

@@ -61,6 +61,11 @@ def test_reduced_inputs_only_spatial_dims_of_size_generic_graphs():
     assert V.reduced_inputs(g).shape == (1, 3, 100, 32)
     assert V.reduced_inputs(dp.build_graph(Net().eval(), torch.randn(1, 3, 64, 64))) is None  # nothing to gain
 
+    ids = torch.randint(0, 11, (2, 100))
+    g = dp.build_graph(Mixed().eval(), ids)  # token ids: a prefix of the sequence
+    assert torch.equal(V.reduced_inputs(g), ids[:, :25])
+    assert V.reduced_inputs(dp.build_graph(Mixed().eval(), ids[:, :16])) is None
+
     class Decides(Net):
         def forward(self, x):
             if x.shape[-1] > 100:  # a decision on the input's size: the ops depend on it
@@ -236,3 +241,15 @@ def test_lazy_masking_computes_exactly_what_in_place_masking_computes(seed):
     assert torch.allclose(out, ref, rtol=0, atol=1e-6), (out - ref).abs().max()
     unmasked = V.run(m, ids, affine_norms=True)
     assert not torch.allclose(unmasked, ref)  # the masks did something
+
+
+def test_token_model_is_checked_on_a_prefix(monkeypatch):
+    monkeypatch.setattr(V, "F64_LIMIT", 0)
+    lengths = []
+    run = V.run
+    monkeypatch.setattr(V, "run", lambda model, x, *a, **k: (lengths.append(x.shape[1]), run(model, x, *a, **k))[1])
+    torch.manual_seed(0)
+    m, ids = Mixed().eval(), torch.randint(0, 11, (1, 64))
+    res = dp.prune(m, ids, ratio=0.5)
+    assert set(lengths) == {16} and not res.verification[0].guilty
+    assert res.after == dp.count_ops(m, ids)
