@@ -3,8 +3,9 @@
 Build phase: every new shape and width attribute is worked out on meta tensors (no memory), so
 anything the plan cannot do is refused before the model is touched. Commit phase, tensor by
 tensor: each tensor is split into the kept part and the removed parts, and the kept part takes
-its place. The removed parts are all an undo needs, so the model's weights are never held twice
-(the peak is the model plus its largest tensor). Parameters keep their identity (``param.data``
+its place. The removed parts are all an undo needs, so the weights of a large model are never held
+twice (the peak is the model plus its largest tensor); up to ``KEEP_OLD_LIMIT`` bytes of weights
+the old tensors are kept instead, which saves a copy. Parameters keep their identity (``param.data``
 is swapped, so optimizers still hold the right objects, see ``rebuild_optimizer`` for their
 state); buffers and width attributes are replaced. If the commit fails half-way, everything done
 so far is rolled back, bit for bit.
@@ -20,6 +21,11 @@ from torch import nn
 from ._fast_meta import to_meta
 from ._memory import release_free_memory
 from .errors import PruningError, SurgeryError
+
+
+#: bytes of parameters to shrink up to which the surgery keeps the old tensors for its undo
+#: (the model is then held twice until the prune is accepted); above it, only the removed parts
+KEEP_OLD_LIMIT = 512 << 20
 
 
 def _resolve(model: nn.Module, qualname: str):
@@ -112,13 +118,25 @@ def apply_plan(graph, plan: Mapping) -> dict:
     # ---- commit phase ------------------------------------------------------------------------
     undo = []
     freed = 0
+    # a small model's old tensors are simply kept for the undo (one gather per tensor instead of
+    # two); a large one's are split into kept and removed parts, so it is never held twice
+    split_bytes = sum(t.numel() * t.element_size() for t, _, _ in new_tensors.values() if isinstance(t, nn.Parameter))
+    keep_old = split_bytes <= KEEP_OLD_LIMIT
     refresh = _refreshers(touched_modules.values())
     try:
         for fn, mod in refresh:  # first in, last undone: after a rollback restored the tensors
             undo.append(("refresh", fn, mod))
         with torch.no_grad():
             for tid, (t, _, dims) in new_tensors.items():
-                if isinstance(t, nn.Parameter):
+                if isinstance(t, nn.Parameter) and keep_old:
+                    new = _slice(t.detach(), dims)
+                    grad = _slice(t.grad, dims) if t.grad is not None else None
+                    undo.append(("param", t, t.data, t.grad))
+                    t.grad = None
+                    t.data = new
+                    t.grad = grad
+                    del new
+                elif isinstance(t, nn.Parameter):
                     new, parts = _split(t.detach(), dims)
                     grad = _slice(t.grad, dims) if t.grad is not None else None
                     undo.append(("param_split", t, tuple(t.shape), parts, t.grad))

@@ -335,9 +335,10 @@ def test_split_and_merge_rebuild_the_tensor_bit_for_bit(data):
     assert torch.equal(surgery._merge(new, parts), t)
 
 
-def test_commit_never_holds_a_second_copy_of_a_tensor():
-    # The undo of the commit keeps the removed parts, not the old tensors: what the model and the
-    # undo hold together is exactly the original weights.
+def test_commit_never_holds_a_second_copy_of_a_large_model(monkeypatch):
+    # Above KEEP_OLD_LIMIT the undo of the commit keeps the removed parts, not the old tensors:
+    # what the model and the undo hold together is exactly the original weights.
+    monkeypatch.setattr(surgery, "KEEP_OLD_LIMIT", 0)
     model = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 4))
     graph = dp.build_graph(model, torch.randn(2, 6))
     old = [p.detach().clone() for p in model.parameters()]
@@ -350,6 +351,17 @@ def test_commit_never_holds_a_second_copy_of_a_tensor():
     assert all(e[0] != "param" for e in undo)
     record["undo"]()
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), old))
+
+
+def test_commit_keeps_the_old_tensors_of_a_small_model():
+    model = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 4))
+    graph = dp.build_graph(model, torch.randn(2, 6))
+    old = [p.detach() for p in model.parameters()]
+    record = surgery.apply_plan(graph, {graph.group_of("0"): [1, 4, 7]})
+    assert model[0].weight.shape == (7, 6) and model[2].weight.shape == (4, 7)
+    record["undo"]()
+    assert all(a is b.detach() or a.data_ptr() == b.data_ptr() for a, b in zip(old, model.parameters()))
+    assert [p.shape for p in model.parameters()] == [a.shape for a in old]
 
 
 def test_width_attrs_refuses_partial_groups():
