@@ -9,11 +9,12 @@ next real forward would fail (``Tensor on device cpu is not on the expected devi
 
 :func:`side_effects_undone` remembers every module's attributes, one level deep (the values of
 its ``__dict__``, and the contents of the lists, dicts and sets held there, which includes the
-parameter, buffer, submodule and hook tables), and puts them back when the block ends, whatever
-happened inside. Writes into objects nested deeper are not seen.
+parameter, buffer and submodule tables; hook tables are kept by identity), and puts them back
+when the block ends, whatever happened inside. Writes into objects nested deeper are not seen.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 
 from torch import nn
@@ -45,24 +46,35 @@ def _put_back(value, content) -> None:
 _MISSING = object()
 
 
+#: hook tables (``_forward_hooks``, ``_state_dict_pre_hooks``, ...) are kept by identity only:
+#: forward does not register hooks, and copying a dozen empty tables per module per analysis run
+#: was most of the cost of a snapshot
+_HOOK_TABLES = frozenset(k for k in nn.Module().__dict__ if "hook" in k)
+
+
 def snapshot(model: nn.Module):
     saved = []
     for m in model.modules():
         d = m.__dict__
-        saved.append((m, {k: (v, _content(v)) for k, v in d.items()}))
+        saved.append((m, d.copy(), [(v, _content(v)) for k, v in d.items()
+                                    if k not in _HOOK_TABLES and type(v) in _BOXES]))
     return saved
 
 
+_BOXES = {list, dict, set, collections.OrderedDict}
+
+
 def restore(saved) -> None:
-    for m, entries in saved:
+    for m, attrs, boxes in saved:
         d = m.__dict__
-        for k in [k for k in d if k not in entries]:
-            del d[k]
-        for k, (v, content) in entries.items():
+        if len(d) != len(attrs) or any(k not in attrs for k in d):
+            for k in [k for k in d if k not in attrs]:
+                del d[k]
+        for k, v in attrs.items():
             if d.get(k, _MISSING) is not v:
                 d[k] = v
-            if content is not None:
-                _put_back(v, content)
+        for v, content in boxes:
+            _put_back(v, content)
 
 
 @contextlib.contextmanager
