@@ -10,9 +10,10 @@ prune is checked before it is kept:
 
 Where the model is small (``F64_LIMIT`` parameter and buffer elements) both runs are in float64,
 on float64 copies of the tensors, so the tolerance is tight (``TOLERANCE[torch.float64]``).
-Otherwise they run in the model's own dtype and on its own tensors: the masked run zeroes the
-removed slices in place and puts them back afterwards, holding only the removed slices, so no
-second copy of a big model is made.
+Otherwise they run in the model's own dtype and on its own tensors, and no second copy of a big
+model is made: the masked original is made one module at a time (:func:`masked_lazily`), or, if
+the check fails that way, by zeroing the removed slices in place and putting them back afterwards
+(:func:`masked`, which holds only the removed slices).
 
 On a mismatch the surgery is undone, the plan is bisected to find the groups at fault, those are
 reported (and frozen by the caller), and the rest is checked again.
