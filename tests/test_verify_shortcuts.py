@@ -295,3 +295,23 @@ def test_lazily_masked_model_equals_the_model_masked_in_place(spec, data):
         out = V.run(model, x)
     assert _same(before, _state(model))
     assert V.compare(ref, out) <= 1e-12, V.compare(ref, out)
+
+
+def test_a_full_size_run_that_fails_after_a_crop_passed_sends_the_check_to_the_given_input(monkeypatch, seen_inputs):
+    from depgraph_prune import surgery
+    calls = []
+    check_runs = surgery.check_runs
+
+    def first_fails(model, inputs, expected, meta=True, macs=None):
+        calls.append(tuple(inputs.shape[2:]))
+        if len(calls) == 1:
+            return "output shapes changed (injected)"
+        return check_runs(model, inputs, expected, meta=meta, macs=macs)
+    monkeypatch.setattr(surgery, "check_runs", first_fails)
+    torch.manual_seed(0)
+    m, x = Net().eval(), torch.randn(1, 3, 160, 160)
+    res = dp.prune(m, x, ratio=0.5)
+    assert calls == [(160, 160)]  # after the crop passed; the plain check then needs no meta run
+    assert (64, 64) in seen_inputs and seen_inputs[-1] == (160, 160)
+    assert not res.verification[0].guilty and m.c1.out_channels == 8
+    assert res.after == dp.count_ops(m, x)
