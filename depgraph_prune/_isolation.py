@@ -50,22 +50,26 @@ _MISSING = object()
 #: forward does not register hooks, and copying a dozen empty tables per module per analysis run
 #: was most of the cost of a snapshot
 _HOOK_TABLES = frozenset(k for k in nn.Module().__dict__ if "hook" in k)
-
-
-def snapshot(model: nn.Module):
-    saved = []
-    for m in model.modules():
-        d = m.__dict__
-        saved.append((m, d.copy(), [(v, _content(v)) for k, v in d.items()
-                                    if k not in _HOOK_TABLES and type(v) in _BOXES]))
-    return saved
-
-
+_MODULE_TABLES = ("_parameters", "_buffers", "_modules")
 _BOXES = {list, dict, set, collections.OrderedDict}
 
 
+def snapshot(model: nn.Module, tables: str = "contents"):
+    """What :func:`restore` puts back. ``tables="added"``: of the parameter, buffer and
+    submodule tables only the names are kept, so restoring removes what was added to them
+    (a lazily registered buffer) and leaves tensors swapped in meanwhile alone."""
+    saved = []
+    for m in model.modules():
+        d = m.__dict__
+        skip = _HOOK_TABLES if tables == "contents" else _HOOK_TABLES | set(_MODULE_TABLES)
+        names = [(d[k], set(d[k])) for k in _MODULE_TABLES if isinstance(d.get(k), dict)] if tables == "added" else []
+        saved.append((m, d.copy(), [(v, _content(v)) for k, v in d.items() if k not in skip and type(v) in _BOXES],
+                      names))
+    return saved
+
+
 def restore(saved) -> None:
-    for m, attrs, boxes in saved:
+    for m, attrs, boxes, names in saved:
         d = m.__dict__
         if len(d) != len(attrs) or any(k not in attrs for k in d):
             for k in [k for k in d if k not in attrs]:
@@ -75,6 +79,10 @@ def restore(saved) -> None:
                 d[k] = v
         for v, content in boxes:
             _put_back(v, content)
+        for v, keys in names:
+            if len(v) != len(keys):
+                for name in [n for n in v if n not in keys]:
+                    del v[name]
 
 
 @contextlib.contextmanager

@@ -52,9 +52,9 @@ def removed_components(graph, plan: Mapping) -> np.ndarray:
     return removed
 
 
-def kept_positions(graph, removed: np.ndarray) -> dict[tuple[str, int], np.ndarray]:
+def removed_masks(graph, removed: np.ndarray):
+    """``(member, mask of its removed positions)`` for every member that loses positions."""
     labels = graph._labels
-    keeps = {}
     for m in graph._ctx.members.values():
         real = m.atoms >= 0
         rem = np.zeros(m.atoms.shape, dtype=bool)
@@ -62,8 +62,11 @@ def kept_positions(graph, removed: np.ndarray) -> dict[tuple[str, int], np.ndarr
         if rem.any():
             if rem.all():
                 raise PruningError(f"pruning would remove every position of `{m.name}` (dim {m.dim})")
-            keeps[(m.name, m.dim)] = np.nonzero(~rem)[0]
-    return keeps
+            yield m, rem
+
+
+def kept_positions(graph, removed: np.ndarray) -> dict[tuple[str, int], np.ndarray]:
+    return {(m.name, m.dim): np.nonzero(~rem)[0] for m, rem in removed_masks(graph, removed)}
 
 
 def apply_plan(graph, plan: Mapping) -> dict:

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import stateless
 
-from .errors import PruningError, SurgeryError
+from .errors import SurgeryError
 from .progress import stage
 
 #: models with at most this many parameter and buffer elements are checked in float64
@@ -322,20 +322,11 @@ def compare(ref, out) -> float:
 # ------------------------------------------------------------------------------- masked state
 def _removed_positions(graph, plan) -> dict[str, dict[int, torch.Tensor]]:
     """Tensor name -> {dim: removed positions} for the plan (width members left out)."""
-    from .surgery import removed_components
-    removed = removed_components(graph, plan)
-    labels = graph._labels
+    from .surgery import removed_components, removed_masks
     no_mask = graph._ctx.no_mask
     out: dict[str, dict[int, torch.Tensor]] = {}
-    for m in graph._ctx.members.values():
-        if m.kind == "width" or (m.name, m.dim) in no_mask:
-            continue
-        real = m.atoms >= 0
-        rem = np.zeros(m.atoms.shape, dtype=bool)
-        rem[real] = removed[labels[m.atoms[real]]]
-        if rem.any():
-            if rem.all():
-                raise PruningError(f"pruning would remove every position of `{m.name}` (dim {m.dim})")
+    for m, rem in removed_masks(graph, removed_components(graph, plan)):
+        if m.kind != "width" and (m.name, m.dim) not in no_mask:
             out.setdefault(m.name, {})[m.dim] = torch.from_numpy(np.flatnonzero(rem))
     return out
 

@@ -672,27 +672,6 @@ def detached(model: nn.Module, meta: bool = True):
         yield target
 
 
-_MODULE_STATE = ("_parameters", "_buffers", "_modules")
-#: hook tables (``_forward_hooks``, ``_state_dict_pre_hooks``, ...): forward does not register
-#: hooks, so they are kept by identity only (a copy of each, per module, per run, was most of
-#: the cost of a check of a small model)
-_HOOK_TABLES = frozenset(k for k in nn.Module().__dict__ if "hook" in k)
-_CONTAINERS = (list, dict, set, OrderedDict)
-
-
-def _changed(v, contents) -> bool:
-    if len(v) != len(contents):
-        return True
-    if type(v) is list:
-        return any(a is not b for a, b in zip(v, contents))
-    if type(v) is set:
-        return v != contents
-    return any(v.get(k, _ABSENT) is not x for k, x in contents.items())
-
-
-_ABSENT = object()
-
-
 @contextlib.contextmanager
 def preserved_attributes(model: nn.Module):
     """Runs that must use the model itself (the numerical check compares the real pruned model)
@@ -701,32 +680,8 @@ def preserved_attributes(model: nn.Module):
     Parameters, buffers and submodules are not touched here (the surgeon and the reparametrizing
     context own them); only what forward *adds* to those tables (a lazily registered buffer)
     goes again."""
-    saved = []
-    for m in model.modules():
-        d = m.__dict__
-        tables = [(d[k], set(d[k])) for k in _MODULE_STATE if isinstance(d.get(k), dict)]
-        boxes = [(v, v.copy()) for k, v in d.items()
-                 if type(v) in _CONTAINERS and k not in _HOOK_TABLES and k not in _MODULE_STATE]
-        saved.append((m, d.copy(), tables, boxes))
+    saved = snapshot(model, tables="added")
     try:
         yield
     finally:
-        for m, attrs, tables, boxes in saved:
-            d = m.__dict__
-            if len(d) != len(attrs) or any(k not in attrs for k in d):
-                for k in [k for k in d if k not in attrs]:
-                    del d[k]
-            for k, v in attrs.items():
-                if d.get(k, _ABSENT) is not v:
-                    d[k] = v
-            for v, keys in tables:
-                if len(v) != len(keys):
-                    for name in [n for n in v if n not in keys]:
-                        del v[name]
-            for v, contents in boxes:
-                if _changed(v, contents):
-                    if type(v) is list:
-                        v[:] = contents
-                    else:
-                        v.clear()
-                        v.update(contents)
+        restore(saved)
