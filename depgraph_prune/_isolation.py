@@ -59,10 +59,11 @@ def snapshot(model: nn.Module, tables: str = "contents"):
     submodule tables only the names are kept, so restoring removes what was added to them
     (a lazily registered buffer) and leaves tensors swapped in meanwhile alone."""
     saved = []
+    by_name = tables == "added"
+    skip = _HOOK_TABLES | set(_MODULE_TABLES) if by_name else _HOOK_TABLES
     for m in model.modules():
         d = m.__dict__
-        skip = _HOOK_TABLES if tables == "contents" else _HOOK_TABLES | set(_MODULE_TABLES)
-        names = [(d[k], set(d[k])) for k in _MODULE_TABLES if isinstance(d.get(k), dict)] if tables == "added" else []
+        names = [(d[k], set(d[k])) for k in _MODULE_TABLES if isinstance(d.get(k), dict)] if by_name else []
         saved.append((m, d.copy(), [(v, _content(v)) for k, v in d.items() if k not in skip and type(v) in _BOXES],
                       names))
     return saved

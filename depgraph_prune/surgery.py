@@ -12,6 +12,7 @@ so far is rolled back, bit for bit.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Mapping
 
 import numpy as np
@@ -131,26 +132,24 @@ def apply_plan(graph, plan: Mapping) -> dict:
             undo.append(("refresh", fn, mod))
         with torch.no_grad():
             for tid, (t, _, dims) in new_tensors.items():
-                if isinstance(t, nn.Parameter) and keep_old:
-                    new = _slice(t.detach(), dims)
+                if isinstance(t, nn.Parameter):
+                    if keep_old:
+                        new = _slice(t.detach(), dims)
+                        undo.append(("param", t, t.data, t.grad))
+                    else:  # the model holds the kept part, the undo entry the rest
+                        new, parts = _split(t.detach(), dims)
+                        undo.append(("param_split", t, tuple(t.shape), parts, t.grad))
+                        del parts
                     grad = _slice(t.grad, dims) if t.grad is not None else None
-                    undo.append(("param", t, t.data, t.grad))
                     t.grad = None
                     t.data = new
                     t.grad = grad
                     del new
-                elif isinstance(t, nn.Parameter):
-                    new, parts = _split(t.detach(), dims)
-                    grad = _slice(t.grad, dims) if t.grad is not None else None
-                    undo.append(("param_split", t, tuple(t.shape), parts, t.grad))
-                    t.grad = None
-                    t.data = new
-                    t.grad = grad
-                    del new, parts  # the model holds the kept part, the undo entry the rest
-                    freed += t.numel() * t.element_size()
-                    if freed > 1 << 26:  # the old tensors may sit in glibc's heap: give it back as we go
-                        release_free_memory()
-                        freed = 0
+                    if not keep_old:
+                        freed += t.numel() * t.element_size()
+                        if freed > 1 << 26:  # the old tensors may sit in glibc's heap: give it back as we go
+                            release_free_memory()
+                            freed = 0
                 else:
                     new = _slice(t, dims)
                     for mod, attr, _ in holders.get(tid, []):
@@ -409,7 +408,9 @@ def check_runs(model: nn.Module, example_inputs, expected, meta: bool = True, ma
         if counting:  # as count_ops: the fused attention fast path has no FLOP formula
             torch.backends.mha.set_fastpath_enabled(False)
         try:
-            with detached(model) as twin, _modes(twin, False), torch.no_grad(), MetaMemo(count_flops=counting) as memo:
+            # detached() runs the copy under a memo already; the counting one goes on top
+            with detached(model) as twin, _modes(twin, False), torch.no_grad(), \
+                    (MetaMemo(count_flops=True) if counting else contextlib.nullcontext()) as memo:
                 margs, mkwargs = to_meta((args, kwargs))
                 out = twin(*margs, **mkwargs)
         finally:

@@ -161,16 +161,22 @@ def _default_dtype(dtype):
         torch.set_default_dtype(old)
 
 
+def _map_tensors(obj, fn):
+    """``obj`` (example inputs: a tensor, plain lists and tuples, dicts) with ``fn`` applied to
+    every tensor in it."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_map_tensors(o, fn) for o in obj) if type(obj) in (list, tuple) else obj
+    if isinstance(obj, dict):
+        return {k: _map_tensors(v, fn) for k, v in obj.items()}
+    return obj
+
+
 def _cast_inputs(obj, dtype):
     if dtype is None:
         return obj
-    if isinstance(obj, torch.Tensor):
-        return obj.to(dtype) if obj.is_floating_point() else obj
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_cast_inputs(o, dtype) for o in obj) if type(obj) in (list, tuple) else obj
-    if isinstance(obj, dict):
-        return {k: _cast_inputs(v, dtype) for k, v in obj.items()}
-    return obj
+    return _map_tensors(obj, lambda t: t.to(dtype) if t.is_floating_point() else t)
 
 
 def run(model: nn.Module, example_inputs, dtype=None, state: Mapping | None = None, affine_norms=False,
@@ -434,12 +440,7 @@ class _Masks:
             return out
         keep = self._keep.get(key)
         if keep is None:
-            keep = []
-            for dim, idx in dims.items():
-                m = torch.ones(t.shape[dim], dtype=t.dtype, device=t.device)
-                m[idx.to(t.device)] = 0
-                keep.append(m.view([-1 if d == dim else 1 for d in range(t.dim())]))
-            self._keep[key] = keep
+            keep = self._keep[key] = [_keep_vector(t, dim, idx) for dim, idx in dims.items()]
         out = t * keep[0]
         for m in keep[1:]:
             out.mul_(m)
@@ -478,14 +479,19 @@ def _activation_masks(mod: nn.Module, entries, by_id: dict):
     return ((where, w[1]) if 1 in w else None), ((where, rows) if rows is not None else None)
 
 
+def _keep_vector(t: torch.Tensor, dim: int, drop: torch.Tensor) -> torch.Tensor:
+    """1 at the positions of ``t``'s dim ``dim`` that stay, 0 at ``drop``, shaped to broadcast."""
+    v = torch.ones(t.shape[dim], dtype=t.dtype, device=t.device)
+    v[drop.to(t.device)] = 0
+    return v.view([-1 if d == dim else 1 for d in range(t.dim())])
+
+
 def _keep_like(x: torch.Tensor, where: int, drop: torch.Tensor, cache: dict):
     dim = x.dim() + where
     key = (id(drop), x.dim(), dim, x.dtype, x.device)
     keep = cache.get(key)
     if keep is None:
-        v = torch.ones(x.shape[dim], dtype=x.dtype, device=x.device)
-        v[drop.to(x.device)] = 0
-        keep = cache[key] = v.view([-1 if d == dim else 1 for d in range(x.dim())])
+        keep = cache[key] = _keep_vector(x, dim, drop)
     return keep
 
 
@@ -668,8 +674,6 @@ def reduced_inputs(graph):
 
     def shrink(t):
         nonlocal changed
-        if not isinstance(t, torch.Tensor):
-            return t
         if t.dim() == 2 and not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool:
             k = max(min(t.shape[1], SMALL_SEQ), t.shape[1] // 4)
             if k == t.shape[1]:
@@ -686,16 +690,7 @@ def reduced_inputs(graph):
         index = [slice(None), slice(None)] + [slice((d - k) // 2, (d - k) // 2 + k) for d, k in zip(t.shape[2:], size[2:])]
         return t[tuple(index)].contiguous()
 
-    def walk(obj):
-        if isinstance(obj, torch.Tensor):
-            return shrink(obj)
-        if type(obj) in (list, tuple):
-            return type(obj)(walk(o) for o in obj)
-        if type(obj) is dict:
-            return {k: walk(v) for k, v in obj.items()}
-        return obj
-
-    out = walk(graph.example_inputs)
+    out = _map_tensors(graph.example_inputs, shrink)
     return out if changed else None
 
 

@@ -276,13 +276,9 @@ ATTENTION_MODES = ("heads", "head_dim")
 def _readers(gm, model: nn.Module) -> dict[str, str]:
     """Tensor name -> the innermost module whose forward reads it: a leaf module reads every
     tensor below it; a ``get_attr`` is read by the module on top of fx's module stack."""
-    tensors = [n for n, _ in model.named_parameters(remove_duplicate=False)] + \
-        [n for n, _ in model.named_buffers(remove_duplicate=False)]
-    under: dict[str, list[str]] = {}
-    for n in tensors:
-        parts = n.split(".")
-        for i in range(1, len(parts)):
-            under.setdefault(".".join(parts[:i]), []).append(n)
+    from ..trace.symbolic import names_under
+    under = names_under([n for n, _ in model.named_parameters(remove_duplicate=False)]
+                        + [n for n, _ in model.named_buffers(remove_duplicate=False)])
     seen: dict[str, set] = {}
     for node in gm.graph.nodes:
         if node.op == "call_module":

@@ -453,17 +453,23 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] =
     with _modes(model, training):
         meta_ok, macs = _propagate_shapes(gm, model, binding, real_model or model)
     reached = set()
-    under: dict[str, list[str]] = {}  # module name -> the parameters it holds (one walk, not one per node)
-    for n, _ in model.named_parameters(remove_duplicate=False):
-        parts = n.split(".")
-        for i in range(1, len(parts)):
-            under.setdefault(".".join(parts[:i]), []).append(n)
+    under = names_under(n for n, _ in model.named_parameters(remove_duplicate=False))
     for node in gm.graph.nodes:
         if node.op == "get_attr":
             reached.add(node.target)
         elif node.op == "call_module":
             reached.update(under.get(node.target, ()))
     return Trace(gm, training, reached, opaque, tracer.decided, meta_ok, macs)
+
+
+def names_under(names: Iterable[str]) -> dict[str, list[str]]:
+    """Module name -> the tensor names below it (one walk, not one per graph node)."""
+    under: dict[str, list[str]] = {}
+    for n in names:
+        parts = n.split(".")
+        for i in range(1, len(parts)):
+            under.setdefault(".".join(parts[:i]), []).append(n)
+    return under
 
 
 def _keep_constants(model: nn.Module, gm: fx.GraphModule) -> None:
