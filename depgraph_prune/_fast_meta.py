@@ -148,9 +148,30 @@ class MetaMemo(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if self.count_flops and _decomposable(func):
+            key = None
+            if _cacheable(func):
+                try:
+                    key = (id(func), "decomposed", _key(args), _key(kwargs))
+                except (_NotCacheable, TypeError):
+                    key = None
+                spec = _CACHE.get(key) if key is not None else None
+                if spec is not None and key in _FLOPS:  # seen: its parts' output and count
+                    self.flops += _FLOPS[key]
+                    return _build(spec)
+            before = self.flops
             with self:  # as FlopCounterMode does: a composite op is counted through its parts
                 r = func.decompose(*args, **kwargs)
             if r is not NotImplemented:
+                if key is not None:
+                    try:
+                        spec = _spec(r)
+                    except _NotCacheable:
+                        spec = None
+                    if spec is not None:
+                        if len(_CACHE) >= _LIMIT:
+                            _CACHE.clear()
+                            _FLOPS.clear()
+                        _CACHE[key], _FLOPS[key] = spec, self.flops - before
                 return r
         if not _cacheable(func):
             outs = _inplace_outputs(func)

@@ -60,7 +60,7 @@ _FORMAT = "depgraph_prune"
 _HEADER_KEY = "depgraph_prune.header"
 _CHECKSUM_KEY = "depgraph_prune.checksum"
 _TENSORS_KEY = "tensors"
-_HISTORY_ATTR = "_depgraph_prune_history"  # where surgery.apply_plan keeps the record
+_HISTORY_ATTR = surgery.HISTORY_ATTR  # where surgery.apply_plan keeps the record
 
 
 class LoadError(PruningError):

@@ -23,6 +23,9 @@ from ._fast_meta import to_meta
 from ._memory import release_free_memory
 from .errors import PruningError, SurgeryError
 
+#: the model attribute that holds the pruning record (one entry per surgery; see ``history``)
+HISTORY_ATTR = "_depgraph_prune_history"
+
 
 #: bytes of parameters to shrink up to which the surgery keeps the old tensors for its undo
 #: (the model is then held twice until the prune is accepted); above it, only the removed parts
@@ -98,7 +101,10 @@ def apply_plan(graph, plan: Mapping) -> dict:
             owner, attr = _resolve(model, name)
             t = getattr(owner, attr)
             # shapes only: the real slices are cut in the commit, one tensor at a time
-            new_tensors[id(t)] = (t, _slice(t.detach().to("meta"), dims), dims)
+            shape = list(t.shape)
+            for dim, idx in dims.items():
+                shape[dim] = len(idx)
+            new_tensors[id(t)] = (t, torch.empty(shape, dtype=t.dtype, device="meta"), dims)
     attr_updates = []
     touched_modules = {}
     for tid in new_tensors:
@@ -172,7 +178,7 @@ def apply_plan(graph, plan: Mapping) -> dict:
     except Exception as exc:
         _rollback(undo)
         raise SurgeryError(f"surgery failed while committing ({exc}); the model was restored") from exc
-    history = model.__dict__.setdefault("_depgraph_prune_history", [])
+    history = model.__dict__.setdefault(HISTORY_ATTR, [])
     history.append(record)
 
     def undo_all():
@@ -218,7 +224,7 @@ def _jsonable(v):
 def history(model: nn.Module) -> list[dict]:
     """The pruning record of ``model``: one entry per surgery, in order, each with the kept
     positions per ``"param_name:dim"`` and the width attributes set (``"module.attr": value``)."""
-    return list(model.__dict__.get("_depgraph_prune_history", []))
+    return list(model.__dict__.get(HISTORY_ATTR, []))
 
 
 def _rollback(undo):

@@ -187,7 +187,9 @@ def run(model: nn.Module, example_inputs, dtype=None, state: Mapping | None = No
     from .trace import _modes, normalize_inputs
     from .trace.symbolic import preserved_attributes
     args, kwargs = normalize_inputs(_cast_inputs(example_inputs, dtype))
-    devices = sorted({t.device.index for t in _tensors(model).values() if t.device.type == "cuda"} - {None})
+    # (no tensor can be on a GPU before CUDA is initialized: skip the walk then)
+    devices = sorted({t.device.index for t in _tensors(model).values() if t.device.type == "cuda"} - {None}) \
+        if torch.cuda.is_initialized() else []
     reparam = stateless._reparametrize_module(model, dict(state)) if state else contextlib.nullcontext()
     norms = _affine_norms() if affine_norms else contextlib.nullcontext()
     hooks = probe.attach() if probe is not None else contextlib.nullcontext()
@@ -486,15 +488,6 @@ def _keep_vector(t: torch.Tensor, dim: int, drop: torch.Tensor) -> torch.Tensor:
     return v.view([-1 if d == dim else 1 for d in range(t.dim())])
 
 
-def _keep_like(x: torch.Tensor, where: int, drop: torch.Tensor, cache: dict):
-    dim = x.dim() + where
-    key = (id(drop), x.dim(), dim, x.dtype, x.device)
-    keep = cache.get(key)
-    if keep is None:
-        keep = cache[key] = _keep_vector(x, dim, drop)
-    return keep
-
-
 def _swap(entries, values):
     """Put ``values`` in the tensor slots ``entries`` ((table, key) pairs); returns the old ones."""
     old = []
@@ -511,22 +504,80 @@ def lazily_maskable(graph, removed: dict) -> bool:
     return bool(readers) and not any(".parametrizations." in f".{n}" or n.endswith(("_g", "_v")) for n in removed)
 
 
-def _masking_hooks(mod, keep_in, keep_out, cache):
-    """Hooks masking a layer's input and output (see ``_activation_masks``); the channel dim is
-    counted from the end, so unbatched calls are masked alike."""
-    out = []
-    if keep_in is not None:
-        def pre(m, args, where=keep_in[0], drop=keep_in[1]):
-            if not args or not isinstance(args[0], torch.Tensor):
-                return None  # called with keywords: left unmasked, so the check fails and is redone in place
-            x = args[0]
-            return (x * _keep_like(x, where, drop, cache),) + tuple(args[1:])
-        out.append(mod.register_forward_pre_hook(pre, prepend=True))
-    if keep_out is not None:
-        def post(m, args, y, where=keep_out[0], drop=keep_out[1]):
-            return y * _keep_like(y, where, drop, cache)
-        out.append(mod.register_forward_hook(post))
-    return out
+#: positions (tokens, pixels) per call from which a plain layer is run on its kept channels
+#: instead of masked at full width: below it, gathering the kept weights costs more than the
+#: full-width product they save
+NARROW_FROM = 64
+
+
+def _plain_layer_hooks(mod, entries, drop_in, drop_out, enter, leave):
+    """Hooks that give a plain layer its masked output without a zeroed copy of its weight (see
+    ``_activation_masks``). A removed weight column meets nothing and a removed row (with its
+    bias) gives zero, so either way is the masked layer's output exactly:
+
+    - a call with at least ``NARROW_FROM`` positions runs on the kept channels only: the input's
+      kept channels through the kept columns and rows of the weight (gathered once, swapped in
+      for the call), scattered into a zero output of the full width, at the pruned layer's cost;
+    - a smaller call multiplies its input and output by 0/1 channel masks instead.
+
+    Channel dims are counted from the end, so unbatched calls work alike; a call the hooks
+    cannot handle (the input passed by keyword) raises, and the check is made again in place."""
+    w = mod._parameters["weight"].detach()
+    embedding = isinstance(mod, nn.Embedding)
+    out_dim = 1 if embedding else 0  # the weight dim of the output channels
+    width = w.shape[out_dim]
+
+    def kept(n, drop):
+        keep = np.ones(n, dtype=bool)
+        keep[drop.numpy()] = False
+        return torch.from_numpy(np.flatnonzero(keep)).to(w.device)
+
+    k_in = kept(w.shape[1], drop_in[1]) if drop_in is not None else None
+    k_out = kept(width, drop_out[1]) if drop_out is not None else None
+    masks: dict = {}
+    modes: list = []  # per open call: narrowed or masked
+
+    def mask(x, where, drop):
+        key = (id(drop), x.dim(), x.dtype, x.device)  # the input's and the output's masks apart
+        m = masks.get(key)
+        if m is None:
+            m = masks[key] = _keep_vector(x, x.dim() + where, drop)
+        return x * m
+
+    def pre(m, args):
+        x = args[0] if args else None
+        if not isinstance(x, torch.Tensor):
+            raise RuntimeError(f"{type(m).__name__} called without a positional input: cannot mask it")
+        ch = x.shape[drop_in[0]] if drop_in is not None and x.dim() else 1
+        # an embedding's lookup costs nothing to mask; narrowing it would copy its table
+        wide = not embedding and x.numel() // max(ch, 1) >= NARROW_FROM
+        modes.append(wide)
+        if not wide:
+            return (mask(x, *drop_in),) + tuple(args[1:]) if drop_in is not None else None
+        # gathered per call and dropped after it: the narrowed weights of a big model are never
+        # all held at once
+        v = w if k_in is None else w.index_select(1, k_in)  # columns first: the faster order
+        v = v if k_out is None else v.index_select(out_dim, k_out)
+        b = mod._parameters.get("bias")
+        values = {"weight": v, "bias": None if b is None or k_out is None else b.detach().index_select(0, k_out)}
+        enter(m, entries, [values[key] for _, key, _ in entries])
+        return (x.index_select(x.dim() + drop_in[0], k_in),) + tuple(args[1:]) if drop_in is not None else None
+
+    def post(m, args, y):
+        wide = modes.pop() if modes else False
+        if wide:
+            leave(m)
+        if k_out is None or not isinstance(y, torch.Tensor):
+            return None
+        if not wide:
+            return mask(y, *drop_out)
+        dim = y.dim() + drop_out[0]
+        shape = list(y.shape)
+        shape[dim] = width
+        return y.new_zeros(shape).index_copy_(dim, k_out, y)
+
+    return [mod.register_forward_pre_hook(pre, prepend=True),
+            mod.register_forward_hook(post, prepend=True, always_call=True)]
 
 
 @contextlib.contextmanager
@@ -537,9 +588,11 @@ def masked_lazily(model: nn.Module, removed: dict, readers: Mapping[str, str]):
     trace) names that module per tensor; a tensor it does not name is zeroed for the whole run.
     What the trace may not have seen (a tensor read through a reference held elsewhere) makes
     the check fail, never pass: the caller then checks again with :func:`masked`."""
+    tensors = _tensors(model)  # one walk, not a submodule lookup per name
     by_id = {}
     for name, dims in removed.items():
-        by_id[id(_resolve(model, name))] = dims
+        t = tensors.get(name)
+        by_id[id(t if t is not None else _resolve(model, name))] = dims
     masks = _Masks(by_id)
     slots: dict[str, list] = {}  # reader module name -> [(table, key, tensor)]
     for mod_name, mod in model.named_modules(remove_duplicate=False):
@@ -551,10 +604,10 @@ def masked_lazily(model: nn.Module, removed: dict, readers: Mapping[str, str]):
                     slots.setdefault(reader, []).append((table, key, t))
     open_swaps: list = []  # (module, entries, old values) not yet put back, innermost last
     handles = []
-    cache: dict = {}
 
-    def enter(owner, entries):
-        old = _swap([(tb, k) for tb, k, _ in entries], [masks.zeroed(t) for _, _, t in entries])
+    def enter(owner, entries, values=None):
+        values = [masks.zeroed(t) for _, _, t in entries] if values is None else values
+        old = _swap([(tb, k) for tb, k, _ in entries], values)
         open_swaps.append((owner, entries, old))
 
     def leave(owner=None):
@@ -574,7 +627,7 @@ def masked_lazily(model: nn.Module, removed: dict, readers: Mapping[str, str]):
                 continue
             act = _activation_masks(mod, entries, by_id)
             if act is not None and all(x is None or x[1].numel() for x in act):
-                handles += _masking_hooks(mod, *act, cache)
+                handles += _plain_layer_hooks(mod, entries, *act, enter, leave)
                 continue
             handles.append(mod.register_forward_pre_hook(lambda m, a, e=entries: enter(m, e), prepend=True))
             handles.append(mod.register_forward_hook(lambda m, a, o: leave(m), always_call=True))

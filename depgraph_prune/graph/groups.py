@@ -111,7 +111,7 @@ class Group:
                 ch = np.asarray(m._channel_of)
                 ch = ch[ch >= 0]
                 if ch.size:
-                    per = ch.size // max(np.unique(ch).size, 1)
+                    per = ch.size // max(np.count_nonzero(np.bincount(ch)), 1)  # distinct channels
                     best = per if best is None else min(best, per)
             self._unit = max(best or 1, 1)
         return self._unit
@@ -164,8 +164,14 @@ def channel_parts(members: Sequence[GroupMember], size: int) -> list[np.ndarray]
     for i, m in enumerate(members):
         ch = np.asarray(m._channel_of)
         cover[i, ch[ch >= 0]] = True
+    if cover.all():  # every member covers every channel: one part (most groups)
+        return [np.arange(size)]
     keys = np.packbits(cover, axis=0).T  # one row of bits per channel
-    _, label = np.unique(keys, axis=0, return_inverse=True)
+    if keys.shape[1] <= 8:  # up to 64 members: one integer per channel, a 1-D unique (no row sort)
+        keys = np.pad(keys, ((0, 0), (0, 8 - keys.shape[1]))).copy().view(np.uint64).ravel()
+        _, label = np.unique(keys, return_inverse=True)
+    else:
+        _, label = np.unique(keys, axis=0, return_inverse=True)
     label = np.asarray(label).ravel()
     first = np.full(label.max() + 1, size, dtype=np.int64)
     np.minimum.at(first, label, np.arange(size))

@@ -24,6 +24,12 @@ from torch.utils import _pytree as pytree
 from .._fast_meta import on_meta, to_meta
 from .._isolation import restore, side_effects_undone, snapshot
 from ..errors import TraceError
+from ..surgery import HISTORY_ATTR
+
+try:  # generates the graph's Python code only if something calls or prints it: the analysis never does
+    from torch.fx._lazy_graph_module import _LazyGraphModule as _GraphModule
+except ImportError:  # pragma: no cover  (older torch)
+    _GraphModule = fx.GraphModule
 from .inputs import Binding, bind, normalize_inputs  # noqa: F401  (normalize_inputs is re-exported)
 
 
@@ -309,11 +315,21 @@ def _modes(model: nn.Module, training: bool):
     saved = [(m, m.training) for m in model.modules()]
     try:
         for m, _ in saved:
-            m.training = training
+            _set_training(m, training)
         yield
     finally:
         for m, flag in saved:
-            m.training = flag
+            _set_training(m, flag)
+
+
+def _set_training(m: nn.Module, flag: bool):
+    # straight into the instance dict: nn.Module.__setattr__ searches its parameter, buffer and
+    # module tables first, which made mode switches a visible cost on models of many modules
+    d = m.__dict__
+    if type(d.get("training")) is bool:
+        d["training"] = flag
+    else:
+        m.training = flag
 
 
 @dataclass
@@ -353,8 +369,12 @@ def structural_copy(model: nn.Module) -> nn.Module:
         return out
 
     def value(v):
+        if type(v) in _ATOMS:
+            return v
         if isinstance(v, nn.Module):
             return module(v)
+        if type(v) is tuple and all(type(x) in _ATOMS for x in v):
+            return v  # kernel sizes, strides and the like: immutable, nothing inside to copy
         if type(v) in (list, tuple, set):
             return type(v)(value(x) for x in v)
         if type(v) is dict:
@@ -381,7 +401,9 @@ def structural_copy(model: nn.Module) -> nn.Module:
                 # user hooks must not run on the analysis copy (their side effects would reach the
                 # user's objects with meta tensors); the modules they sit on are frozen instead.
                 # Weight-norm's pre-hook computes the weight, so it stays.
-                state[k] = OrderedDict((i, h) for i, h in v.items() if _computes_weights(h))
+                state[k] = OrderedDict((i, h) for i, h in v.items() if _computes_weights(h)) if v else OrderedDict()
+            elif k == HISTORY_ATTR:
+                state[k] = v  # our pruning record: lists of kept positions, no modules, never written by forward
             else:
                 state[k] = v.copy() if type(v) is OrderedDict else value(v)  # hook dicts and the like
         object.__setattr__(out, "__dict__", state)
@@ -390,6 +412,7 @@ def structural_copy(model: nn.Module) -> nn.Module:
     return module(model)
 
 
+_ATOMS = frozenset({bool, int, float, str, type(None)})
 _FORWARD_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
                        "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called")
 
@@ -447,7 +470,7 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] =
                 raise TraceError(_untraceable_message(model, exc)) from exc
             finally:
                 tracer._values.clear()  # meta values of the whole graph: drop them now
-        gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+        gm = _GraphModule(tracer.root, graph, type(model).__name__)
         restore(saved)
         _keep_constants(model, gm)
     with _modes(model, training):
