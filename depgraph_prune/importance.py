@@ -167,8 +167,9 @@ def shared_reads():
         yield
     finally:
         _session.cache = None
-        if drop_scratch() > _BLOCK:  # a row wider than a block needed a large buffer: hand it back
-            release_free_memory()
+        n = drop_scratch()
+        if n > _BLOCK:  # a row wider than a block needed a large buffer: hand it back
+            release_free_memory(n * 8)
 
 
 def _to_channels(member: GroupMember, per_pos: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -298,8 +299,10 @@ class Importance:
         finally:
             # large members were read: hand the heap's churn back (at the end of a shared_reads
             # block, when in one)
-            if getattr(_session, "cache", None) is None and drop_scratch() > _BLOCK:
-                release_free_memory()
+            if getattr(_session, "cache", None) is None:
+                n = drop_scratch()
+                if n > _BLOCK:
+                    release_free_memory(n * 8)
         return _reduce(parts, group.size, self.reduction)
 
 

@@ -286,7 +286,8 @@ def _scores(graph, scorer, ratio, ratios, global_ranking, searched, round_to, mi
         top = {k: max(v) if isinstance(v, list) else v for k, v in per.items()}
         groups = [g for g in groups if n_to_prune(g, top.get(g.index, 0.0), round_to, min_channels)]
     out = {}
-    with _progress.stage("score", total=len(groups)) as bar:
+    # one block: a weight whose two channel dims belong to two groups is read once
+    with _progress.stage("score", total=len(groups)) as bar, _imp.shared_reads():
         for g in groups:
             out[g.index] = scorer(g)
             bar.update()
@@ -496,6 +497,10 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
     return PruneResult(before, after, widths, records, notes, frozen_groups, settings, verification, rows)
 
 
+def _weight_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.parameters())
+
+
 def _apply_verified(graph, plan, replan, verify, optimizer=None, inputs=None):
     """Surgery with the numerical check: groups that fail are frozen and the plan is made
     again without them (so a global budget or a speedup target is still met by the others).
@@ -509,6 +514,7 @@ def _apply_verified(graph, plan, replan, verify, optimizer=None, inputs=None):
         with _progress.stage("surgery"):
             return graph.prune(plan, verify=False, optimizer=optimizer), plan, []
     reports = []
+    size = _weight_bytes(graph.model)  # before the surgery: nothing may fail after it commits
     for _ in range(8):
         record, report = _verify.apply(graph, plan, mode=verify, keep_partial=False, inputs=inputs)
         reports.append(report)
@@ -524,7 +530,7 @@ def _apply_verified(graph, plan, replan, verify, optimizer=None, inputs=None):
     record.pop("undo", None)
     if optimizer is not None and record:
         rebuild_optimizer(optimizer, graph.model)
-    release_free_memory()
+    release_free_memory(size)  # the old tensors (or their removed parts) went with the undo
     if record:
         graph._stale = True
     graph.last_verification = reports[-1]

@@ -243,10 +243,43 @@ class Probe:
                 kept = torch.from_numpy(np.flatnonzero(stays))
             self.layers.append((mod, name, cdim, kept, size))
         self.recorded: dict = {}
-        self.worst = 0.0
-        self.where = None
+        self._worst = 0.0
+        self._where = None
+        self._pending: list = []  # (layer, recorded, pruned) compared together after the run
+        self._pending_bytes = 0
         self.mode = "record"
         self._bytes = 0
+
+    @property
+    def worst(self) -> float:
+        """The largest relative difference over the probed layers (of the check runs so far)."""
+        self._compare_pending()
+        return self._worst
+
+    @property
+    def where(self) -> str | None:
+        self._compare_pending()
+        return self._where
+
+    def _compare_pending(self):
+        # one batched pass over every layer (max |a - b| and max |a| per pair) instead of a
+        # handful of small ops and two host syncs per layer; a pair with a non-finite value
+        # is compared alone by compare(), which knows what to do with those
+        pending, self._pending, self._pending_bytes = self._pending, [], 0
+        if not pending:
+            return
+        up = lambda t: t.float() if t.dtype in (torch.float16, torch.bfloat16) else t  # noqa: E731
+        refs = [up(r) for _, r, _ in pending]
+        outs = [up(o) for _, _, o in pending]
+        diffs = torch.stack(torch._foreach_norm(torch._foreach_sub(refs, outs), float("inf"))).tolist()
+        scales = torch.stack(torch._foreach_norm(refs, float("inf"))).tolist()
+        for (name, ref, out), d, sc in zip(pending, diffs, scales):
+            if math.isfinite(d) and math.isfinite(sc):
+                diff = d / sc if sc > 0 else d
+            else:
+                diff = compare(ref, out)
+            if diff > self._worst:
+                self._worst, self._where = diff, name
 
     @contextlib.contextmanager
     def attach(self):
@@ -269,11 +302,13 @@ class Probe:
                     self._bytes += sample.numel() * sample.element_size()
                 else:
                     ref = self.recorded.get((name, k))
-                    if ref is None or ref.shape != sample.shape:
+                    if ref is None or ref.shape != sample.shape or ref.numel() == 0:
                         return
-                    diff = compare(ref, sample)
-                    if diff > self.worst:
-                        self.worst, self.where = diff, name
+                    # a copy: a later in-place op (ReLU(inplace=True)) may overwrite the output
+                    self._pending.append((name, ref, sample.detach().clone()))
+                    self._pending_bytes += ref.numel() * ref.element_size()
+                    if self._pending_bytes > 1 << 26:  # the copies held stay small
+                        self._compare_pending()
             handles.append(mod.register_forward_hook(hook))
         try:
             yield
@@ -468,8 +503,8 @@ def _activation_masks(mod: nn.Module, entries, by_id: dict):
     w, b = dims.get("weight", {}), dims.get("bias", {})
     if isinstance(mod, nn.Embedding):
         return (None, (-1, w[1])) if set(w) == {1} and not b else None
-    if isinstance(mod, nn.modules.conv._ConvNd) and (mod.groups != 1 or mod.transposed):
-        return None
+    if isinstance(mod, nn.modules.conv._ConvNd) and (mod.transposed or (mod.groups != 1 and set(w) - {0})):
+        return None  # a grouped conv: only its output rows (whose zeros give zero outputs)
     if set(w) - {0, 1}:
         return None
     rows = w.get(0)
@@ -524,6 +559,7 @@ def _plain_layer_hooks(mod, entries, drop_in, drop_out, enter, leave):
     cannot handle (the input passed by keyword) raises, and the check is made again in place."""
     w = mod._parameters["weight"].detach()
     embedding = isinstance(mod, nn.Embedding)
+    narrowable = not embedding and getattr(mod, "groups", 1) == 1
     out_dim = 1 if embedding else 0  # the weight dim of the output channels
     width = w.shape[out_dim]
 
@@ -549,8 +585,9 @@ def _plain_layer_hooks(mod, entries, drop_in, drop_out, enter, leave):
         if not isinstance(x, torch.Tensor):
             raise RuntimeError(f"{type(m).__name__} called without a positional input: cannot mask it")
         ch = x.shape[drop_in[0]] if drop_in is not None and x.dim() else 1
-        # an embedding's lookup costs nothing to mask; narrowing it would copy its table
-        wide = not embedding and x.numel() // max(ch, 1) >= NARROW_FROM
+        # an embedding's lookup costs nothing to mask (narrowing it would copy its table), and
+        # a grouped convolution's groups do not survive narrowing
+        wide = narrowable and x.numel() // max(ch, 1) >= NARROW_FROM
         modes.append(wide)
         if not wide:
             return (mask(x, *drop_in),) + tuple(args[1:]) if drop_in is not None else None

@@ -296,3 +296,21 @@ def test_verify_inputs_run_the_check_on_a_smaller_image(wrong_roll_rule):
     res = dp.prune(m, torch.randn(1, 3, 32, 32), ratio=0.5, verify_inputs=torch.randn(1, 3, 6, 6))
     assert len(res.verification[0].guilty) == 1  # the wrong rule is still caught on the small image
     assert m.a1.out_channels == 8 and m.b1.out_channels == 4
+
+
+def test_probe_compares_the_layers_after_the_run_and_names_the_worst():
+    torch.manual_seed(0)
+    m, x = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).eval(), torch.randn(2, 4)
+    probe = V.Probe(m, {})
+    with torch.no_grad(), probe.attach():
+        m(x)  # records
+    probe.mode = "check"
+    with torch.no_grad(), probe.attach():
+        m(x)
+    assert probe.worst == 0.0
+    with torch.no_grad():
+        m[2].bias.add_(1.0)
+        m[0].weight[0, 0] = float("inf")  # non-finite where the recording had finite values
+        with probe.attach():
+            m(x)
+    assert probe.worst == float("inf") and probe.where == "0"

@@ -42,9 +42,20 @@ def _from_meta(meta):
     return None
 
 
-def _canonical_names(model: nn.Module) -> dict[int, str]:
+def _named_tensors(modules: dict[str, nn.Module]) -> tuple[list, list]:
+    """``named_parameters`` and ``named_buffers`` (``remove_duplicate=False``, same order) from
+    the name -> module table already made: one pass, not a module walk per question."""
+    params, buffers = [], []
+    for name, mod in modules.items():
+        prefix = f"{name}." if name else ""
+        params += [(prefix + k, t) for k, t in mod._parameters.items() if t is not None]
+        buffers += [(prefix + k, t) for k, t in mod._buffers.items() if t is not None]
+    return params, buffers
+
+
+def _canonical_names(named: Iterable) -> dict[int, str]:
     names: dict[int, str] = {}
-    for n, t in list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False)):
+    for n, t in named:
         names.setdefault(id(t), n)
     return names
 
@@ -273,12 +284,12 @@ def _apply(ctx, node, args, kwargs, out):
 ATTENTION_MODES = ("heads", "head_dim")
 
 
-def _readers(gm, model: nn.Module) -> dict[str, str]:
+def _readers(gm, names: Iterable[str]) -> dict[str, str]:
     """Tensor name -> the innermost module whose forward reads it: a leaf module reads every
-    tensor below it; a ``get_attr`` is read by the module on top of fx's module stack."""
+    tensor below it; a ``get_attr`` is read by the module on top of fx's module stack.
+    ``names``: every parameter and buffer name of the model."""
     from ..trace.symbolic import names_under
-    under = names_under([n for n, _ in model.named_parameters(remove_duplicate=False)]
-                        + [n for n, _ in model.named_buffers(remove_duplicate=False)])
+    under = names_under(names)
     seen: dict[str, set] = {}
     for node in gm.graph.nodes:
         if node.op == "call_module":
@@ -305,7 +316,8 @@ def build_context(model: nn.Module, example_inputs: Any, leaf_names: Iterable[st
     except Exception:  # an attribute deepcopy cannot handle: trace the model itself
         pass
     ctx = BuildContext(model, dict(model.named_modules(remove_duplicate=False)), attention=attention)
-    ctx.canonical = _canonical_names(model)
+    params, buffers = _named_tensors(ctx.modules)
+    ctx.canonical = _canonical_names(params + buffers)
     ctx.hooked = _hooked_modules(real)
     with _progress.stage("trace"):
         tr = _trace.trace(model, example_inputs, leaf_types=leaf_types, leaf_names=leaf_names, training=False,
@@ -313,12 +325,12 @@ def build_context(model: nn.Module, example_inputs: Any, leaf_names: Iterable[st
     ctx.opaque = dict(tr.opaque)
     ctx.meta_ok = tr.meta_ok
     ctx.macs = tr.macs
-    ctx.readers = _readers(tr.gm, model)
+    ctx.readers = _readers(tr.gm, [n for n, _ in params + buffers])
     ctx.size_generic = not tr.decided and not tr.opaque and tr.meta_ok
     with _progress.stage("build"):
         walk(ctx, tr.gm, tr.decided)
     reached = set(tr.reached_params)
-    all_params = {n for n, _ in model.named_parameters()}
+    all_params = set(_canonical_names(params).values())  # named_parameters(): each tensor's first name
     notes = []
     if all_params - reached:
         # Branches that run only in training mode (auxiliary classifiers) read feature maps too:

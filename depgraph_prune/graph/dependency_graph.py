@@ -150,6 +150,8 @@ class DependencyGraph:
         if verify not in (True, False, "raise"):
             raise PruningError(f"verify must be True, False or 'raise', got {verify!r}")
         check_optimizer(optimizer, self.model)
+        # before the surgery: nothing may fail after it commits
+        size = sum(t.numel() * t.element_size() for t in self.model.parameters())
         if verify:
             record, report = _verify.apply(self, plan, mode=verify, keep_partial=True, inputs=verify_inputs)
             self.last_verification = report
@@ -170,7 +172,7 @@ class DependencyGraph:
         record.pop("undo", None)  # with it go the removed channels the undo kept
         if optimizer is not None and record:
             rebuild_optimizer(optimizer, self.model)
-        release_free_memory()
+        release_free_memory(size)
         if record:
             self._stale = True
         return record
