@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import operator
 
 from torch import nn
 
@@ -72,12 +73,14 @@ def snapshot(model: nn.Module, tables: str = "contents"):
 def restore(saved) -> None:
     for m, attrs, boxes, names in saved:
         d = m.__dict__
-        if len(d) != len(attrs) or any(k not in attrs for k in d):
+        # the common case, nothing rebound, checked in C: same keys in the same order, each
+        # value the same object
+        if d.keys() != attrs.keys() or any(map(operator.is_not, d.values(), attrs.values())):
             for k in [k for k in d if k not in attrs]:
                 del d[k]
-        for k, v in attrs.items():
-            if d.get(k, _MISSING) is not v:
-                d[k] = v
+            for k, v in attrs.items():
+                if d.get(k, _MISSING) is not v:
+                    d[k] = v
         for v, content in boxes:
             _put_back(v, content)
         for v, keys in names:

@@ -47,17 +47,18 @@ def _find_info():
 
 
 _INFO = _find_info()
-#: free heap bytes below which a trim is not worth its cost (~10-60 ms): a model of a few hundred
+_WORTH = 32 << 20  # free heap bytes below which a trim is not worth its cost (~10-60 ms)
+#: bytes a caller says it freed below which the heap is not even asked: a model of a few hundred
 #: MiB frees less than that in a prune, a big one (the memory goals) gigabytes
-_WORTH = 256 << 20
+_FREED_WORTH = 256 << 20
 
 
 def release_free_memory(freed: int | None = None) -> None:
     """Return the C heap's free pages to the OS (a no-op where that is not possible), when the
-    heap holds at least 256 MiB of free blocks: trimming walks the whole heap, which costs more
+    heap holds at least 32 MiB of free blocks: trimming walks the whole heap, which costs more
     than a small model's prune step gains from it. ``freed``: the bytes the caller just let go,
-    when it knows; below that bound the heap is not even asked (asking walks its free lists)."""
-    if _TRIM is None or (freed is not None and freed < _WORTH):
+    when it knows; below 256 MiB the heap is not even asked (asking walks its free lists)."""
+    if _TRIM is None or (freed is not None and freed < _FREED_WORTH):
         return
     if _INFO is not None and _INFO().fordblks < _WORTH:
         return

@@ -167,9 +167,8 @@ def shared_reads():
         yield
     finally:
         _session.cache = None
-        n = drop_scratch()
-        if n > _BLOCK:  # a row wider than a block needed a large buffer: hand it back
-            release_free_memory(n * 8)
+        if drop_scratch() > _BLOCK:  # a row wider than a block needed a large buffer: hand it back
+            release_free_memory()
 
 
 def _to_channels(member: GroupMember, per_pos: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -299,10 +298,8 @@ class Importance:
         finally:
             # large members were read: hand the heap's churn back (at the end of a shared_reads
             # block, when in one)
-            if getattr(_session, "cache", None) is None:
-                n = drop_scratch()
-                if n > _BLOCK:
-                    release_free_memory(n * 8)
+            if getattr(_session, "cache", None) is None and drop_scratch() > _BLOCK:
+                release_free_memory()
         return _reduce(parts, group.size, self.reduction)
 
 

@@ -92,13 +92,15 @@ def apply_plan(graph, plan: Mapping) -> dict:
             by_tensor.setdefault(name, {})[dim] = idx
     new_tensors: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
     holders: dict[int, list[tuple[nn.Module, str, str]]] = {}
-    for mod_name, mod in model.named_modules(remove_duplicate=False):
+    modules = dict(model.named_modules(remove_duplicate=False))  # one walk, not a lookup per name
+    for mod_name, mod in modules.items():
         for attr, t in list(mod._parameters.items()) + list(mod._buffers.items()):
             if t is not None:
                 holders.setdefault(id(t), []).append((mod, attr, mod_name))
     with torch.no_grad():
         for name, dims in by_tensor.items():
-            owner, attr = _resolve(model, name)
+            owner_name, _, attr = name.rpartition(".")
+            owner = modules[owner_name] if owner_name in modules else _resolve(model, name)[0]
             t = getattr(owner, attr)
             # shapes only: the real slices are cut in the commit, one tensor at a time
             shape = list(t.shape)
@@ -112,10 +114,10 @@ def apply_plan(graph, plan: Mapping) -> dict:
             touched_modules[id(mod)] = (mod, mod_name)
             if ".parametrizations." in f".{mod_name}":  # the module whose weight it parametrizes
                 owner = mod_name.rpartition("parametrizations.")[0].rstrip(".")
-                omod = model.get_submodule(owner) if owner else model
+                omod = modules[owner] if owner in modules else model.get_submodule(owner)
                 touched_modules[id(omod)] = (omod, owner)
     for owner in widths:
-        mod = model.get_submodule(owner) if owner else model
+        mod = modules[owner] if owner in modules else model.get_submodule(owner)
         touched_modules[id(mod)] = (mod, owner)
     for mod, mod_name in touched_modules.values():
         attr_updates.extend(_width_attrs(mod, mod_name, new_tensors, widths.get(mod_name, {})))

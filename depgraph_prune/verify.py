@@ -493,7 +493,11 @@ def _activation_masks(mod: nn.Module, entries, by_id: dict):
     ``y = layer(x * keep_in) * keep_out`` is the masked layer's output exactly (a zero weight
     column times x is the weight times a zero input; a zero weight row with a zero bias is a zero
     output) without copying the weight. None where that does not hold."""
-    if type(mod) not in (*_LINEAR_LIKE, nn.Embedding) or getattr(mod, "parametrizations", None) is not None:
+    if getattr(mod, "parametrizations", None) is not None:
+        return None
+    if type(mod) in _BATCH_NORMS:
+        return _batch_norm_mask(mod, entries, by_id)
+    if type(mod) not in (*_LINEAR_LIKE, nn.Embedding):
         return None
     own = {id(mod._parameters.get("weight")): "weight", id(mod._parameters.get("bias")): "bias"}
     names = [own.get(id(t)) for table, key, t in entries]
@@ -516,11 +520,38 @@ def _activation_masks(mod: nn.Module, entries, by_id: dict):
     return ((where, w[1]) if 1 in w else None), ((where, rows) if rows is not None else None)
 
 
+_BATCH_NORMS = {nn.BatchNorm2d: -3, nn.BatchNorm3d: -4}  # the channel dim, from the end
+
+
+def _batch_norm_mask(mod, entries, by_id):
+    """An eval-mode batch norm whose scale and shift are zeroed (its statistics too, or not)
+    at the same channels outputs zero there, ``0 * (x - mean) / sqrt(var + eps) + 0``, whatever
+    the statistics: ``bn(x) * keep_out`` is the masked norm's output, without copying it. The
+    check always runs in eval mode."""
+    if not mod.affine or mod.weight is None or mod.bias is None:
+        return None
+    tables = {id(mod._parameters), id(mod._buffers)}
+    if any(id(table) not in tables for table, _, _ in entries):
+        return None
+    by_key = {key: by_id[id(t)] for _, key, t in entries}
+    if set(by_key) - {"weight", "bias", "running_mean", "running_var"} or not {"weight", "bias"} <= set(by_key):
+        return None
+    rows = by_key["weight"].get(0)
+    if rows is None or any(set(d) != {0} or not torch.equal(d[0], rows) for d in by_key.values()):
+        return None
+    return None, (_BATCH_NORMS[type(mod)], rows)
+
+
 def _keep_vector(t: torch.Tensor, dim: int, drop: torch.Tensor) -> torch.Tensor:
     """1 at the positions of ``t``'s dim ``dim`` that stay, 0 at ``drop``, shaped to broadcast."""
+    shape = [-1 if d == dim else 1 for d in range(t.dim())]
+    if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64):  # one torch op, not three
+        v = np.ones(t.shape[dim], dtype=np.float32 if t.dtype == torch.float32 else np.float64)
+        v[drop.numpy()] = 0
+        return torch.from_numpy(v).view(shape)
     v = torch.ones(t.shape[dim], dtype=t.dtype, device=t.device)
     v[drop.to(t.device)] = 0
-    return v.view([-1 if d == dim else 1 for d in range(t.dim())])
+    return v.view(shape)
 
 
 def _swap(entries, values):
@@ -559,7 +590,7 @@ def _plain_layer_hooks(mod, entries, drop_in, drop_out, enter, leave):
     cannot handle (the input passed by keyword) raises, and the check is made again in place."""
     w = mod._parameters["weight"].detach()
     embedding = isinstance(mod, nn.Embedding)
-    narrowable = not embedding and getattr(mod, "groups", 1) == 1
+    narrowable = isinstance(mod, _LINEAR_LIKE) and getattr(mod, "groups", 1) == 1
     out_dim = 1 if embedding else 0  # the weight dim of the output channels
     width = w.shape[out_dim]
 
@@ -568,8 +599,7 @@ def _plain_layer_hooks(mod, entries, drop_in, drop_out, enter, leave):
         keep[drop.numpy()] = False
         return torch.from_numpy(np.flatnonzero(keep)).to(w.device)
 
-    k_in = kept(w.shape[1], drop_in[1]) if drop_in is not None else None
-    k_out = kept(width, drop_out[1]) if drop_out is not None else None
+    positions: list = []  # (kept input channels, kept output channels), on the first narrow call
     masks: dict = {}
     modes: list = []  # per open call: narrowed or masked
 
@@ -591,6 +621,10 @@ def _plain_layer_hooks(mod, entries, drop_in, drop_out, enter, leave):
         modes.append(wide)
         if not wide:
             return (mask(x, *drop_in),) + tuple(args[1:]) if drop_in is not None else None
+        if not positions:
+            positions.append((kept(w.shape[1], drop_in[1]) if drop_in is not None else None,
+                              kept(width, drop_out[1]) if drop_out is not None else None))
+        k_in, k_out = positions[0]
         # gathered per call and dropped after it: the narrowed weights of a big model are never
         # all held at once
         v = w if k_in is None else w.index_select(1, k_in)  # columns first: the faster order
@@ -604,14 +638,14 @@ def _plain_layer_hooks(mod, entries, drop_in, drop_out, enter, leave):
         wide = modes.pop() if modes else False
         if wide:
             leave(m)
-        if k_out is None or not isinstance(y, torch.Tensor):
+        if drop_out is None or not isinstance(y, torch.Tensor):
             return None
         if not wide:
             return mask(y, *drop_out)
         dim = y.dim() + drop_out[0]
         shape = list(y.shape)
         shape[dim] = width
-        return y.new_zeros(shape).index_copy_(dim, k_out, y)
+        return y.new_zeros(shape).index_copy_(dim, positions[0][1], y)
 
     return [mod.register_forward_pre_hook(pre, prepend=True),
             mod.register_forward_hook(post, prepend=True, always_call=True)]
@@ -625,14 +659,16 @@ def masked_lazily(model: nn.Module, removed: dict, readers: Mapping[str, str]):
     trace) names that module per tensor; a tensor it does not name is zeroed for the whole run.
     What the trace may not have seen (a tensor read through a reference held elsewhere) makes
     the check fail, never pass: the caller then checks again with :func:`masked`."""
-    tensors = _tensors(model)  # one walk, not a submodule lookup per name
+    modules = dict(model.named_modules(remove_duplicate=False))  # one walk for every lookup below
     by_id = {}
     for name, dims in removed.items():
-        t = tensors.get(name)
+        owner, _, attr = name.rpartition(".")
+        mod = modules.get(owner)
+        t = mod._parameters.get(attr, mod._buffers.get(attr)) if mod is not None else None
         by_id[id(t if t is not None else _resolve(model, name))] = dims
     masks = _Masks(by_id)
     slots: dict[str, list] = {}  # reader module name -> [(table, key, tensor)]
-    for mod_name, mod in model.named_modules(remove_duplicate=False):
+    for mod_name, mod in modules.items():
         prefix = f"{mod_name}." if mod_name else ""
         for table in (mod._parameters, mod._buffers):
             for key, t in table.items():
@@ -657,9 +693,8 @@ def masked_lazily(model: nn.Module, removed: dict, readers: Mapping[str, str]):
         for reader, entries in list(slots.items()):
             if not reader:
                 continue
-            try:
-                mod = model.get_submodule(reader)
-            except AttributeError:
+            mod = modules.get(reader)
+            if mod is None:
                 slots.setdefault("", []).extend(entries)
                 continue
             act = _activation_masks(mod, entries, by_id)

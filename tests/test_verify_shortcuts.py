@@ -330,3 +330,32 @@ def test_a_full_size_run_that_fails_after_a_crop_passed_sends_the_check_to_the_g
     assert (64, 64) in seen_inputs and seen_inputs[-1] == (160, 160)
     assert not res.verification[0].guilty and m.c1.out_channels == 8
     assert res.after == dp.count_ops(m, x)
+
+
+def test_batch_norm_is_masked_on_its_outputs_without_a_copy():
+    """An eval batch norm zeroed at some channels outputs zero there whatever its statistics, so
+    the lazily masked model multiplies its output by the channel mask and copies nothing."""
+    from depgraph_prune import importance as I
+    from depgraph_prune.plan import local_plan
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    with torch.no_grad():
+        m[1].running_mean.uniform_(-1, 1)
+        m[1].running_var.uniform_(0.5, 2)
+        m[1].bias.uniform_(-1, 1)
+    x = torch.randn(1, 3, 6, 6)
+    g = dp.build_graph(m, x)
+    plan = {k: v for k, v in local_plan(g, I.resolve("random"), {gr.index: 0.5 for gr in g.groups}).items() if len(v)}
+    removed = V._removed_positions(g, plan)
+    assert {"1.weight", "1.running_var"} <= set(removed)
+    with V.masked(m, removed):
+        ref = V.run(m, x)
+    seen = []
+    h = m[1].register_forward_pre_hook(lambda mod, a: seen.append(mod.weight is m[1]._parameters["weight"]
+                                                                 and mod.running_var.min() > 0))
+    weight = m[1].weight
+    with V.masked_lazily(m, removed, g._ctx.readers):
+        out = V.run(m, x)
+    h.remove()
+    assert seen == [True] and m[1].weight is weight  # the norm's own tensors, unzeroed, during its call
+    assert V.compare(ref, out) <= 1e-6

@@ -620,6 +620,9 @@ class _ShapeRecorder(fx.Interpreter):
         except Exception as exc:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise _NodeFailure(f"at node `{n.name}` ({n.format_node()[:120]}): {type(exc).__name__}: {msg}") from exc
+        if isinstance(result, torch.Tensor):  # most nodes: no tree walk
+            n.meta["tensor_meta"] = _extract_tensor_metadata(result)
+            return result
         found = []
 
         def meta(x):
