@@ -307,7 +307,7 @@ class Probe:
                     # a copy: a later in-place op (ReLU(inplace=True)) may overwrite the output
                     self._pending.append((name, ref, sample.detach().clone()))
                     self._pending_bytes += ref.numel() * ref.element_size()
-                    if self._pending_bytes > 1 << 26:  # the copies held stay small
+                    if self._pending_bytes > 1 << 24:  # the copies held stay small (16 MiB)
                         self._compare_pending()
             handles.append(mod.register_forward_hook(hook))
         try:
