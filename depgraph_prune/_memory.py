@@ -53,6 +53,11 @@ _WORTH = 32 << 20  # free heap bytes below which a trim is not worth its cost (~
 _FREED_WORTH = 256 << 20
 
 
+def weight_bytes(model) -> int:
+    """Bytes of ``model``'s parameters (what a prune frees a share of)."""
+    return sum(t.numel() * t.element_size() for t in model.parameters())
+
+
 def release_free_memory(freed: int | None = None) -> None:
     """Return the C heap's free pages to the OS (a no-op where that is not possible), when the
     heap holds at least 32 MiB of free blocks: trimming walks the whole heap, which costs more

@@ -497,15 +497,11 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
     return PruneResult(before, after, widths, records, notes, frozen_groups, settings, verification, rows)
 
 
-def _weight_bytes(model: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in model.parameters())
-
-
 def _apply_verified(graph, plan, replan, verify, optimizer=None, inputs=None):
     """Surgery with the numerical check: groups that fail are frozen and the plan is made
     again without them (so a global budget or a speedup target is still met by the others).
     Returns ``(record, plan applied, reports)``."""
-    from ._memory import release_free_memory
+    from ._memory import release_free_memory, weight_bytes
     from . import verify as _verify
     from .optim import rebuild_optimizer
     if not plan:
@@ -514,7 +510,7 @@ def _apply_verified(graph, plan, replan, verify, optimizer=None, inputs=None):
         with _progress.stage("surgery"):
             return graph.prune(plan, verify=False, optimizer=optimizer), plan, []
     reports = []
-    size = _weight_bytes(graph.model)  # before the surgery: nothing may fail after it commits
+    size = weight_bytes(graph.model)  # before the surgery: nothing may fail after it commits
     for _ in range(8):
         record, report = _verify.apply(graph, plan, mode=verify, keep_partial=False, inputs=inputs)
         reports.append(report)

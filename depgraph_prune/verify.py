@@ -238,9 +238,7 @@ class Probe:
             if drop is None:
                 kept = None
             else:
-                stays = np.ones(size, dtype=bool)
-                stays[drop.numpy()] = False
-                kept = torch.from_numpy(np.flatnonzero(stays))
+                kept = _kept_positions(size, drop)
             self.layers.append((mod, name, cdim, kept, size))
         self.recorded: dict = {}
         self._worst = 0.0
@@ -488,8 +486,9 @@ _LINEAR_LIKE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def _activation_masks(mod: nn.Module, entries, by_id: dict):
-    """For a plain linear or convolution layer (or an embedding) whose masked tensors are only
-    its own weight and bias: (input keep mask or None, output keep mask or None), so that
+    """For a plain linear or convolution layer (or an embedding; a batch norm, see
+    ``_batch_norm_mask``) whose masked tensors are only its own weight and bias: (input keep
+    mask or None, output keep mask or None), so that
     ``y = layer(x * keep_in) * keep_out`` is the masked layer's output exactly (a zero weight
     column times x is the weight times a zero input; a zero weight row with a zero bias is a zero
     output) without copying the weight. None where that does not hold."""
@@ -540,6 +539,13 @@ def _batch_norm_mask(mod, entries, by_id):
     if rows is None or any(set(d) != {0} or not torch.equal(d[0], rows) for d in by_key.values()):
         return None
     return None, (_BATCH_NORMS[type(mod)], rows)
+
+
+def _kept_positions(n: int, drop: torch.Tensor) -> torch.Tensor:
+    """The positions of ``range(n)`` not in ``drop`` (a CPU index tensor), in order."""
+    keep = np.ones(n, dtype=bool)
+    keep[drop.numpy()] = False
+    return torch.from_numpy(np.flatnonzero(keep))
 
 
 def _keep_vector(t: torch.Tensor, dim: int, drop: torch.Tensor) -> torch.Tensor:
@@ -594,11 +600,6 @@ def _plain_layer_hooks(mod, entries, drop_in, drop_out, enter, leave):
     out_dim = 1 if embedding else 0  # the weight dim of the output channels
     width = w.shape[out_dim]
 
-    def kept(n, drop):
-        keep = np.ones(n, dtype=bool)
-        keep[drop.numpy()] = False
-        return torch.from_numpy(np.flatnonzero(keep)).to(w.device)
-
     positions: list = []  # (kept input channels, kept output channels), on the first narrow call
     masks: dict = {}
     modes: list = []  # per open call: narrowed or masked
@@ -622,8 +623,8 @@ def _plain_layer_hooks(mod, entries, drop_in, drop_out, enter, leave):
         if not wide:
             return (mask(x, *drop_in),) + tuple(args[1:]) if drop_in is not None else None
         if not positions:
-            positions.append((kept(w.shape[1], drop_in[1]) if drop_in is not None else None,
-                              kept(width, drop_out[1]) if drop_out is not None else None))
+            positions.append((_kept_positions(w.shape[1], drop_in[1]).to(w.device) if drop_in is not None else None,
+                              _kept_positions(width, drop_out[1]).to(w.device) if drop_out is not None else None))
         k_in, k_out = positions[0]
         # gathered per call and dropped after it: the narrowed weights of a big model are never
         # all held at once
@@ -736,8 +737,7 @@ def pruned_state(model: nn.Module, dtype, base: dict, removed: dict, excite: boo
             continue
         out = src
         for dim, drop in sorted(removed[canon].items()):
-            keep = np.setdiff1d(np.arange(out.shape[dim]), drop.numpy())
-            out = out.index_select(dim, torch.as_tensor(keep, device=out.device))
+            out = out.index_select(dim, _kept_positions(out.shape[dim], drop).to(out.device))
         for dim, idx, factor in factors.get(canon, ()):
             idx = torch.as_tensor(idx, dtype=torch.long, device=out.device)
             out = out.clone() if out is src else out

@@ -141,7 +141,7 @@ class DependencyGraph:
         ``optimizer``: its per-parameter state is sliced to the kept channels once the surgery
         stands (:func:`depgraph_prune.rebuild_optimizer`). ``verify_inputs``: what the check runs
         on instead of the example inputs (a smaller image makes it cheaper for a CNN)."""
-        from .._memory import release_free_memory
+        from .._memory import release_free_memory, weight_bytes
         from ..optim import check_optimizer, rebuild_optimizer
         from ..surgery import apply_plan, check_runs
         from .. import verify as _verify
@@ -151,7 +151,7 @@ class DependencyGraph:
             raise PruningError(f"verify must be True, False or 'raise', got {verify!r}")
         check_optimizer(optimizer, self.model)
         # before the surgery: nothing may fail after it commits
-        size = sum(t.numel() * t.element_size() for t in self.model.parameters())
+        size = weight_bytes(self.model)
         if verify:
             record, report = _verify.apply(self, plan, mode=verify, keep_partial=True, inputs=verify_inputs)
             self.last_verification = report
