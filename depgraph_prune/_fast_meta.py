@@ -132,6 +132,16 @@ def _build(spec):
     return kind(_build(s) for s in items)
 
 
+def _remember(key, spec, flops: int | None = None) -> None:
+    """Store a memoized call (and its FLOPs, when counted), emptying the tables when full."""
+    if len(_CACHE) >= _LIMIT:
+        _CACHE.clear()
+        _FLOPS.clear()
+    _CACHE[key] = spec
+    if flops is not None:
+        _FLOPS[key] = flops
+
+
 class MetaMemo(TorchDispatchMode):
     """Active around a run on meta tensors; calls on real tensors pass straight through.
 
@@ -168,10 +178,7 @@ class MetaMemo(TorchDispatchMode):
                     except _NotCacheable:
                         spec = None
                     if spec is not None:
-                        if len(_CACHE) >= _LIMIT:
-                            _CACHE.clear()
-                            _FLOPS.clear()
-                        _CACHE[key], _FLOPS[key] = spec, self.flops - before
+                        _remember(key, spec, self.flops - before)
                 return r
         if not _cacheable(func):
             outs = _inplace_outputs(func)
@@ -191,10 +198,7 @@ class MetaMemo(TorchDispatchMode):
         except _NotCacheable:
             return self._counted(func, None, out, args, kwargs)
         if spec is not None:
-            if len(_CACHE) >= _LIMIT:
-                _CACHE.clear()
-                _FLOPS.clear()
-            _CACHE[key] = spec
+            _remember(key, spec)
         return self._counted(func, key, out, args, kwargs)
 
     def _counted(self, func, key, out, args, kwargs):
@@ -224,10 +228,7 @@ class MetaMemo(TorchDispatchMode):
         # memoize only what provably changed nothing but the (absent) data of its arguments
         if len(got) == len(targets) and all(a is b for a, b in zip(got, targets)) \
                 and [_meta_of(t) for t in targets] == before:
-            if len(_CACHE) >= _LIMIT:
-                _CACHE.clear()
-                _FLOPS.clear()
-            _CACHE[key] = "inplace"
+            _remember(key, "inplace")
         return out
 
 

@@ -32,10 +32,17 @@ HISTORY_ATTR = "_depgraph_prune_history"
 KEEP_OLD_LIMIT = 512 << 20
 
 
-def _resolve(model: nn.Module, qualname: str):
+def _resolve(model: nn.Module, qualname: str, modules: Mapping[str, nn.Module] | None = None):
+    """``(owning module, attribute name)`` of a qualified tensor name; ``modules``: a name ->
+    module table already made, looked up first."""
     owner_name, _, attr = qualname.rpartition(".")
-    owner = model.get_submodule(owner_name) if owner_name else model
-    return owner, attr
+    return _submodule(model, owner_name, modules), attr
+
+
+def _submodule(model: nn.Module, name: str, modules: Mapping[str, nn.Module] | None = None) -> nn.Module:
+    if modules is not None and name in modules:
+        return modules[name]
+    return model.get_submodule(name) if name else model
 
 
 def removed_components(graph, plan: Mapping) -> np.ndarray:
@@ -99,9 +106,7 @@ def apply_plan(graph, plan: Mapping) -> dict:
                 holders.setdefault(id(t), []).append((mod, attr, mod_name))
     with torch.no_grad():
         for name, dims in by_tensor.items():
-            owner_name, _, attr = name.rpartition(".")
-            owner = modules[owner_name] if owner_name in modules else _resolve(model, name)[0]
-            t = getattr(owner, attr)
+            t = getattr(*_resolve(model, name, modules))
             # shapes only: the real slices are cut in the commit, one tensor at a time
             shape = list(t.shape)
             for dim, idx in dims.items():
@@ -114,10 +119,10 @@ def apply_plan(graph, plan: Mapping) -> dict:
             touched_modules[id(mod)] = (mod, mod_name)
             if ".parametrizations." in f".{mod_name}":  # the module whose weight it parametrizes
                 owner = mod_name.rpartition("parametrizations.")[0].rstrip(".")
-                omod = modules[owner] if owner in modules else model.get_submodule(owner)
+                omod = _submodule(model, owner, modules)
                 touched_modules[id(omod)] = (omod, owner)
     for owner in widths:
-        mod = modules[owner] if owner in modules else model.get_submodule(owner)
+        mod = _submodule(model, owner, modules)
         touched_modules[id(mod)] = (mod, owner)
     for mod, mod_name in touched_modules.values():
         attr_updates.extend(_width_attrs(mod, mod_name, new_tensors, widths.get(mod_name, {})))
@@ -166,7 +171,7 @@ def apply_plan(graph, plan: Mapping) -> dict:
                         undo.append(("buffer", mod, attr, old))
         with torch.no_grad():
             for name, dim, idx, factor in rescale:
-                t = getattr(*_resolve(model, name))
+                t = getattr(*_resolve(model, name, modules))
                 idx = torch.as_tensor(idx, dtype=torch.long, device=t.device)
                 orig = t.data.index_select(dim, idx)
                 undo.append(("rows", t, dim, idx, orig))

@@ -372,9 +372,10 @@ def _removed_positions(graph, plan) -> dict[str, dict[int, torch.Tensor]]:
     return out
 
 
-def _resolve(model, name):
-    owner, _, attr = name.rpartition(".")
-    return getattr(model.get_submodule(owner) if owner else model, attr)
+def _resolve(model, name, modules=None):
+    """The tensor at a qualified name (``modules``: a name -> module table, looked up first)."""
+    from .surgery import _resolve as owner_of
+    return getattr(*owner_of(model, name, modules))
 
 
 def _excite(t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -663,10 +664,7 @@ def masked_lazily(model: nn.Module, removed: dict, readers: Mapping[str, str]):
     modules = dict(model.named_modules(remove_duplicate=False))  # one walk for every lookup below
     by_id = {}
     for name, dims in removed.items():
-        owner, _, attr = name.rpartition(".")
-        mod = modules.get(owner)
-        t = mod._parameters.get(attr, mod._buffers.get(attr)) if mod is not None else None
-        by_id[id(t if t is not None else _resolve(model, name))] = dims
+        by_id[id(_resolve(model, name, modules))] = dims
     masks = _Masks(by_id)
     slots: dict[str, list] = {}  # reader module name -> [(table, key, tensor)]
     for mod_name, mod in modules.items():

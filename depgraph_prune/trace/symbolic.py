@@ -25,12 +25,12 @@ from .._fast_meta import on_meta, to_meta
 from .._isolation import restore, side_effects_undone, snapshot
 from ..errors import TraceError
 from ..surgery import HISTORY_ATTR
+from .inputs import Binding, bind, normalize_inputs  # noqa: F401  (normalize_inputs is re-exported)
 
 try:  # generates the graph's Python code only if something calls or prints it: the analysis never does
     from torch.fx._lazy_graph_module import _LazyGraphModule as _GraphModule
 except ImportError:  # pragma: no cover  (older torch)
     _GraphModule = fx.GraphModule
-from .inputs import Binding, bind, normalize_inputs  # noqa: F401  (normalize_inputs is re-exported)
 
 
 def rule_type(m: nn.Module, types) -> type | None:
