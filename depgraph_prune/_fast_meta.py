@@ -395,13 +395,18 @@ def to_meta(obj):
 
 
 @contextlib.contextmanager
-def on_meta(model: nn.Module, count_flops: bool = False):
+def on_meta(model: nn.Module, count_flops: bool = False, memo: "MetaMemo | None" = None):
     """Within the block, ``model`` holds meta twins of its parameters and buffers (its own tensors
     are never touched) and meta-op results are memoized; call it with ``to_meta`` inputs. Yields
-    the :class:`MetaMemo` (its ``flops`` with ``count_flops=True``)."""
+    the :class:`MetaMemo` (its ``flops`` with ``count_flops=True``; ``memo``: use that one)."""
+    memo = memo if memo is not None else MetaMemo(count_flops)
     state = {**dict(model.named_parameters(remove_duplicate=False)), **dict(model.named_buffers(remove_duplicate=False))}
+    if all(t.is_meta for t in state.values()):  # a structural copy already: nothing to swap
+        with memo:
+            yield memo
+        return
     state = {k: _twin(t) for k, t in state.items()}
-    with stateless._reparametrize_module(model, state), MetaMemo(count_flops) as memo:
+    with stateless._reparametrize_module(model, state), memo:
         yield memo
 
 

@@ -10,7 +10,9 @@ next real forward would fail (``Tensor on device cpu is not on the expected devi
 :func:`side_effects_undone` remembers every module's attributes, one level deep (the values of
 its ``__dict__``, and the contents of the lists, dicts and sets held there, which includes the
 parameter, buffer and submodule tables; hook tables are kept by identity), and puts them back
-when the block ends, whatever happened inside. Writes into objects nested deeper are not seen.
+when the block ends, whatever happened inside. Writes into objects nested deeper are not seen,
+nor writes into the plain torch.nn layers (convolutions, norms, activations, ...; ``_INERT``),
+whose own forward never writes to them.
 """
 from __future__ import annotations
 
@@ -55,6 +57,28 @@ _MODULE_TABLES = ("_parameters", "_buffers", "_modules")
 _BOXES = {list, dict, set, collections.OrderedDict}
 
 
+def _inert_types() -> frozenset:
+    """torch.nn layers whose ``forward`` reads its module's attributes and never writes any
+    (nor registers anything): an instance of exactly one of these types, with that forward, has
+    nothing to snapshot. Most of a model's modules are such layers, and a snapshot of each cost
+    more than the meta run it guards."""
+    names = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "Linear",
+             "Bilinear", "Embedding", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm",
+             "RMSNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "LocalResponseNorm", "Dropout",
+             "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "Identity", "Flatten", "Unflatten", "ReLU",
+             "ReLU6", "LeakyReLU", "PReLU", "ELU", "SELU", "CELU", "GELU", "SiLU", "Mish", "Sigmoid", "Tanh",
+             "Hardswish", "Hardsigmoid", "Hardtanh", "Softplus", "Softmax", "LogSoftmax", "MaxPool1d",
+             "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d", "AvgPool3d", "AdaptiveAvgPool1d",
+             "AdaptiveAvgPool2d", "AdaptiveAvgPool3d", "AdaptiveMaxPool1d", "AdaptiveMaxPool2d",
+             "AdaptiveMaxPool3d", "Upsample", "UpsamplingNearest2d", "UpsamplingBilinear2d", "PixelShuffle",
+             "PixelUnshuffle", "ZeroPad2d", "ConstantPad2d", "ReflectionPad2d", "ReplicationPad2d",
+             "ChannelShuffle", "Sequential")
+    return frozenset(getattr(nn, n) for n in names if hasattr(nn, n))
+
+
+_INERT = _inert_types()
+
+
 def snapshot(model: nn.Module, tables: str = "contents"):
     """What :func:`restore` puts back. ``tables="added"``: of the parameter, buffer and
     submodule tables only the names are kept, so restoring removes what was added to them
@@ -63,6 +87,8 @@ def snapshot(model: nn.Module, tables: str = "contents"):
     by_name = tables == "added"
     skip = _HOOK_TABLES | set(_MODULE_TABLES) if by_name else _HOOK_TABLES
     for m in model.modules():
+        if type(m) in _INERT:
+            continue
         d = m.__dict__
         names = [(d[k], set(d[k])) for k in _MODULE_TABLES if isinstance(d.get(k), dict)] if by_name else []
         saved.append((m, d.copy(), [(v, _content(v)) for k, v in d.items() if k not in skip and type(v) in _BOXES],

@@ -59,12 +59,40 @@ NORMALIZATIONS = (None, "mean", "max", "sum", "standardization")
 
 def member_tensor(model, name: str):
     """The tensor (parameter or buffer) at the qualified ``name`` of ``model``, or None."""
+    cache = getattr(_session, "cache", None)
+    if cache is not None:  # within shared_reads: one walk of the model for every lookup
+        table = cache.get("tensors")
+        if table is None or table[0] is not model:
+            table = cache["tensors"] = (model, _tensor_table(model))
+        hit = table[1].get(name)
+        if hit is not None:
+            return hit
     obj = model
     for part in name.split("."):
         obj = getattr(obj, part, None)
         if obj is None:
             return None
     return obj if isinstance(obj, torch.Tensor) else None
+
+
+def _submodule(model, name: str):
+    """``model.get_submodule(name)``, or None; within shared_reads from one table."""
+    cache = getattr(_session, "cache", None)
+    if cache is not None:
+        table = cache.get("modules")
+        if table is None or table[0] is not model:
+            table = cache["modules"] = (model, dict(model.named_modules(remove_duplicate=False)))
+        return table[1].get(name)
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+def _tensor_table(model) -> dict:
+    out = dict(model.named_parameters(remove_duplicate=False))
+    out.update(model.named_buffers(remove_duplicate=False))
+    return out
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -94,6 +122,9 @@ def _row_sums(t: torch.Tensor, dim: int, fn: Callable[..., torch.Tensor]) -> tor
         if hit is None or hit[0] is not t:
             hit = cache[key] = (t, _dim01_sums(t, fn))  # holds t: its id cannot be reused meanwhile
         return hit[1][dim]
+    if t.dim() == 1:  # one element per position: its value is its sum (exact in float64)
+        v = t.detach().to("cpu", torch.float64, copy=True)
+        return fn(v, out=v)
     t = t.detach().movedim(dim, 0)
     n = t.shape[0]
     width = max(1, t[0].numel()) if n else 1
@@ -175,7 +206,7 @@ def _to_channels(member: GroupMember, per_pos: torch.Tensor, size: int) -> tuple
     """Sum per-position values (last dim = positions along the member's dim) into group channels.
     Returns ``(scores[..., size], present[size])``."""
     raw = np.asarray(member._channel_of)
-    if raw.size == size and per_pos.shape[-1] == size and (size == 0 or (raw[0] == 0 and (np.diff(raw) == 1).all())):
+    if per_pos.shape[-1] == size and _is_identity(raw, size):
         # position i is channel i (the common case): the sums are the scores as they are
         return per_pos.to(torch.float64).clone(), torch.ones(size, dtype=torch.bool)
     ch = torch.as_tensor(raw, dtype=torch.long)
@@ -185,6 +216,13 @@ def _to_channels(member: GroupMember, per_pos: torch.Tensor, size: int) -> tuple
     present = torch.zeros(size, dtype=torch.bool)
     present[ch[ok]] = True
     return out, present
+
+
+def _is_identity(raw: np.ndarray, size: int) -> bool:
+    """Whether ``raw`` is ``0, 1, ..., size - 1`` (the ends first: they settle most cases)."""
+    if raw.size != size:
+        return False
+    return size == 0 or (raw[0] == 0 and raw[-1] == size - 1 and bool((raw == np.arange(size)).all()))
 
 
 def _channel_rows(member: GroupMember, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -315,12 +353,15 @@ def _reduce(parts, size: int, reduction: str) -> torch.Tensor:
         for s, present in parts:
             out[present] = torch.maximum(out[present], s[present])
         return torch.where(torch.isinf(out) & (out < 0), torch.zeros_like(out), out)
-    total = torch.zeros(size, dtype=torch.float64)
-    count = torch.zeros(size, dtype=torch.float64)
+    # in numpy: a group has a handful of short parts, and a numpy op on them costs a fraction of
+    # a torch op (the same IEEE sums and quotient, so the same scores)
+    total = np.zeros(size)
+    count = np.zeros(size)
     for s, present in parts:
-        total += torch.where(present, s, torch.zeros_like(s))
-        count += present.to(torch.float64)
-    return total if reduction == "sum" else total / count.clamp(min=1)
+        p = present.cpu().numpy()
+        total += np.where(p, s.detach().to("cpu", torch.float64).numpy(), 0.0)
+        count += p
+    return torch.from_numpy(total if reduction == "sum" else total / np.maximum(count, 1.0))
 
 
 # --------------------------------------------------------------------------- the criteria
@@ -380,11 +421,7 @@ class BNScale(Importance):
         owner, _, attr = member.name.rpartition(".")
         if member.kind != "param" or attr != "weight":
             return False
-        try:
-            mod = model.get_submodule(owner)
-        except AttributeError:
-            return False
-        return isinstance(mod, _NORM_TYPES)
+        return isinstance(_submodule(model, owner), _NORM_TYPES)
 
     def _member_scores(self, model, member, tensor, size):
         return _to_channels(member, _row_sums(tensor, member.dim, torch.abs), size)

@@ -82,7 +82,8 @@ def count_ops(model: nn.Module, example_inputs) -> OpCount:
             # memoized or not. Run on a detached copy: what forward caches on ``self`` stays off
             # the model.
             margs, mkwargs = to_meta((args, kwargs))
-            with torch.no_grad(), detached(model) as twin, MetaMemo(count_flops=True) as memo:
+            memo = MetaMemo(count_flops=True)
+            with torch.no_grad(), detached(model, memo=memo) as twin:
                 twin(*margs, **mkwargs)
             flops = memo.flops
         except Exception:  # data-dependent code (x.item(), nonzero) needs the real tensors

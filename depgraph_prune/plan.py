@@ -33,15 +33,22 @@ def check_ratio(ratio, name="ratio") -> float:
 
 def producers(graph: DependencyGraph) -> dict[int, list[str]]:
     """Group index → names of the modules whose *output* channels the group holds, in module order."""
+    return {gi: [name for name, _ in entries] for gi, entries in _producer_modules(graph).items()}
+
+
+def _producer_modules(graph: DependencyGraph) -> dict[int, list[tuple[str, tuple[str, int]]]]:
+    """Group index → ``(module name, (canonical name, dim) of its output member)``, in module order."""
     from .graph.dependency_graph import _out_key
-    out: dict[int, list[str]] = {}
+    canonical = graph._ctx.canonical_name
+    out: dict[int, list] = {}
     for name, mod in graph.model.named_modules():
-        if not name or not any(True for _ in mod.parameters(recurse=False)) and not hasattr(mod, "num_features"):
+        if not name or not any(p is not None for p in mod._parameters.values()) and not hasattr(mod, "num_features"):
             continue
-        key = _out_key(name, mod)
-        g = graph._member_group.get((graph._ctx.canonical_name(key[0]), key[1]))
+        name_, dim = _out_key(name, mod)
+        key = (canonical(name_), dim)
+        g = graph._member_group.get(key)
         if g is not None:
-            out.setdefault(g.index, []).append(name)
+            out.setdefault(g.index, []).append((name, key))
     return out
 
 
@@ -269,21 +276,15 @@ def producer_members(graph: DependencyGraph) -> dict[int, list[tuple[str, object
     holds (the member is that module's output dim), in module order."""
     out: dict[int, list] = {}
     by_index = {g.index: g for g in graph.groups}
-    for gi, names in producers(graph).items():
-        g = by_index[gi]
-        for name in names:
-            key = _out_member_key(graph, name)
-            for m in g.members:
-                if (m.name, m.dim) == key:
-                    out.setdefault(gi, []).append((name, m))
-                    break
+    for gi, entries in _producer_modules(graph).items():
+        members: dict = {}
+        for m in by_index[gi].members:
+            members.setdefault((m.name, m.dim), m)
+        for name, key in entries:
+            m = members.get(key)
+            if m is not None:
+                out.setdefault(gi, []).append((name, m))
     return out
-
-
-def _out_member_key(graph, name):
-    from .graph.dependency_graph import _out_key
-    key = _out_key(name, graph.model.get_submodule(name))
-    return graph._ctx.canonical_name(key[0]), key[1]
 
 
 def _part_count(size: int, ratio: float, round_to, min_channels: int, cap: int) -> int:
@@ -377,11 +378,14 @@ def layer_widths(graph: DependencyGraph, plan: Mapping[Group, list[int]]) -> lis
     rows = []
     prod = producer_members(graph)
     for g, chans in plan.items():
+        taken = np.zeros(g.size, dtype=bool)
+        taken[np.asarray(list(chans), dtype=np.int64)] = True
         for name, m in prod.get(g.index, []):
             if m.kind != "param" or not m.name.endswith("weight"):
                 continue
             t = member_tensor(graph.model, m.name)
             if t is None or t.dim() < 2:
                 continue
-            rows.append((name, m.size, m.size - len(m.indices(chans))))
+            ch = np.asarray(m._channel_of)
+            rows.append((name, m.size, m.size - int(taken[ch[ch >= 0]].sum())))
     return rows

@@ -12,7 +12,6 @@ so far is rolled back, bit for bit.
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Mapping
 
 import numpy as np
@@ -421,9 +420,8 @@ def check_runs(model: nn.Module, example_inputs, expected, meta: bool = True, ma
         if counting:  # as count_ops: the fused attention fast path has no FLOP formula
             torch.backends.mha.set_fastpath_enabled(False)
         try:
-            # detached() runs the copy under a memo already; the counting one goes on top
-            with detached(model) as twin, _modes(twin, False), torch.no_grad(), \
-                    (MetaMemo(count_flops=True) if counting else contextlib.nullcontext()) as memo:
+            memo = MetaMemo(count_flops=True) if counting else None
+            with detached(model, memo=memo) as twin, _modes(twin, False), torch.no_grad():
                 margs, mkwargs = to_meta((args, kwargs))
                 out = twin(*margs, **mkwargs)
         finally:

@@ -212,10 +212,13 @@ def make_groups(ctx: BuildContext, graph) -> list[Group]:
     np.minimum.at(first_atom, labels, np.arange(labels.size))
     touched = np.zeros(ncomp, dtype=bool)
     touched[real_comps] = True
-    with_real, first = np.unique(owner, return_index=True)  # members touching a component
+    # members touching a component, and each one's first real position (``owner`` is sorted)
+    first = np.flatnonzero(np.concatenate([[True], owner[1:] != owner[:-1]])) if owner.size else owner
+    with_real = owner[first]
     member_group = dict(zip(with_real.tolist(), glabel[real_comps[first]].tolist()))
     # channels of each group, ordered by first appearance
-    order = np.lexsort((first_atom, glabel))
+    # by group, then first atom: one int64 key (first atoms are distinct), one sort
+    order = np.argsort(glabel.astype(np.int64) * (labels.size + 1) + first_atom) if ncomp else np.zeros(0, np.int64)
     comp_channel = np.full(ncomp, -1, dtype=np.int64)
     by_group: dict[int, list[int]] = {}
     for i, gi in member_group.items():

@@ -17,7 +17,7 @@ from typing import Any, Iterable
 import torch
 import torch.fx as fx
 from torch import nn
-from torch.fx.passes.shape_prop import _extract_tensor_metadata
+from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
 from torch.nn.utils import stateless
 from torch.utils import _pytree as pytree
 
@@ -605,36 +605,83 @@ class _NodeFailure(RuntimeError):
     pass
 
 
-class _ShapeRecorder(fx.Interpreter):
-    """Runs the graph and records each node's output metadata (like fx's ShapeProp, without
-    ShapeProp's deep copy of the module)."""
+def _tensor_metadata(t: torch.Tensor):
+    """fx's ``TensorMetadata`` of ``t`` without its memory-format search (up to four contiguity
+    tests per node, a visible part of propagation; nothing here reads the format)."""
+    if t.is_quantized:
+        return _extract_tensor_metadata(t)
+    return TensorMetadata(t.shape, t.dtype, t.requires_grad, t.stride(), None, False, {})
 
-    def call_function(self, target, args, kwargs):
-        # fx freezes list constants into immutable_list; real functions may mutate their copy
-        thaw = lambda v: list(v) if isinstance(v, list) else v  # noqa: E731
-        return super().call_function(target, tuple(thaw(a) for a in args), {k: thaw(v) for k, v in kwargs.items()})
 
-    def run_node(self, n: fx.Node):
+def _record_shapes(gm: fx.GraphModule, args) -> Any:
+    """Run the graph node by node and record each node's output metadata in
+    ``node.meta["tensor_meta"]`` (what fx's ShapeProp records, without ShapeProp's deep copy of
+    the module). A lean loop instead of ``fx.Interpreter``, whose per-node bookkeeping (a progress
+    bar, a context manager, a dotted-path walk per module call) cost as much as the meta ops."""
+    env: dict = {}
+    load = env.__getitem__
+    modules = dict(gm.named_modules(remove_duplicate=False))
+    inputs = iter(gm.graph.process_inputs(*args))
+    # fx freezes list constants into immutable_list; real functions may mutate their copy
+    thaw = lambda v: list(v) if isinstance(v, list) else v  # noqa: E731
+    for n in gm.graph.nodes:
+        op = n.op
         try:
-            result = super().run_node(n)
+            if op == "placeholder":
+                if n.target.startswith("*"):
+                    result = list(inputs)
+                else:
+                    result = next(inputs, _NO_INPUT)
+                    if result is _NO_INPUT:
+                        if not n.args:
+                            raise RuntimeError(f"expected a positional argument for parameter {n.target}")
+                        result = n.args[0]
+            elif op == "get_attr":
+                result = _fetch(gm, n.target)
+            else:
+                a, kw = fx.node.map_arg(n.args, load), fx.node.map_arg(n.kwargs, load)
+                if op == "call_module":
+                    mod = modules.get(n.target)
+                    result = (mod if mod is not None else _fetch(gm, n.target))(*a, **kw)
+                elif op == "call_function":
+                    result = n.target(*[thaw(v) for v in a], **{k: thaw(v) for k, v in kw.items()})
+                elif op == "call_method":
+                    result = getattr(a[0], n.target)(*a[1:], **kw)
+                elif op == "output":
+                    return gm.graph.process_outputs(a[0])
+                else:
+                    raise RuntimeError(f"unknown node kind {op!r}")
         except Exception as exc:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise _NodeFailure(f"at node `{n.name}` ({n.format_node()[:120]}): {type(exc).__name__}: {msg}") from exc
+        env[n] = result
         if isinstance(result, torch.Tensor):  # most nodes: no tree walk
-            n.meta["tensor_meta"] = _extract_tensor_metadata(result)
-            return result
+            n.meta["tensor_meta"] = _tensor_metadata(result)
+            continue
         found = []
 
         def meta(x):
             if isinstance(x, torch.Tensor):
                 found.append(True)
-                return _extract_tensor_metadata(x)
+                return _tensor_metadata(x)
             return x
 
         tm = pytree.tree_map(meta, result)
         if found:
             n.meta["tensor_meta"] = tm
-        return result
+    return None
+
+
+_NO_INPUT = object()
+
+
+def _fetch(root: nn.Module, target: str):
+    obj = root
+    for i, atom in enumerate(target.split(".")):
+        if not hasattr(obj, atom):
+            raise RuntimeError(f"node referenced nonexistent target {'.'.join(target.split('.')[:i + 1])}")
+        obj = getattr(obj, atom)
+    return obj
 
 
 def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, binding: Binding, real: nn.Module):
@@ -642,8 +689,6 @@ def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, binding: Binding, re
     when it was on meta tensors (counted on the way, as ``count_ops`` counts them: attention's
     fused fast path off), else None."""
     flat_args = list(binding.leaves)
-    state = {**dict(gm.named_parameters(remove_duplicate=False)),
-             **dict(gm.named_buffers(remove_duplicate=False))}
     # BatchNorm in training mode refuses batch 1; the trace is already fixed, so shapes can be
     # propagated with every module in eval mode.
     saved = snapshot(gm)
@@ -653,7 +698,7 @@ def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, binding: Binding, re
             # meta tensors: shapes only, no memory, and the model's own tensors are never touched
             torch.backends.mha.set_fastpath_enabled(False)
             with on_meta(gm, count_flops=True) as memo:
-                _ShapeRecorder(gm).run(*to_meta(flat_args))
+                _record_shapes(gm, to_meta(flat_args))
             return True, memo.flops // 2
         except Exception:
             restore(saved)  # meta tensors a leaf cached on self before it failed
@@ -664,9 +709,11 @@ def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, binding: Binding, re
             # the real tensors, by name, from the user's model (the traced copy may hold meta ones)
             real_state = {k: v.detach() for k, v in real.named_parameters(remove_duplicate=False)}
             real_state.update({k: v.detach().clone() for k, v in real.named_buffers(remove_duplicate=False)})
+            state = {**dict(gm.named_parameters(remove_duplicate=False)),
+                     **dict(gm.named_buffers(remove_duplicate=False))}
             real_state = {k: v for k, v in real_state.items() if k in state}
             with stateless._reparametrize_module(gm, real_state):
-                _ShapeRecorder(gm).run(*flat_args)
+                _record_shapes(gm, flat_args)
             return False, None
         except Exception as exc:
             raise TraceError(
@@ -675,12 +722,15 @@ def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, binding: Binding, re
 
 
 @contextlib.contextmanager
-def detached(model: nn.Module, meta: bool = True):
+def detached(model: nn.Module, meta: bool = True, memo=None):
     """A stand-in for ``model`` to run analysis passes on (MAC counts, the post-surgery check):
     a structural copy, so whatever ``forward`` stores on ``self`` (anchors, cached shapes, flags)
     stays on the copy and never reaches the user's model. With ``meta`` its tensors are meta
     twins (run it on ``to_meta`` inputs); otherwise it holds the model's real parameters and
-    copies of its buffers. A model that cannot be copied is used itself (buffers still copied)."""
+    copies of its buffers. A model that cannot be copied is used itself (buffers still copied).
+    ``memo``: the :class:`~depgraph_prune._fast_meta.MetaMemo` a meta run goes through (one that
+    counts FLOPs); by default a plain one. One memo, not two stacked: each dispatch mode is a
+    Python call per op."""
     try:
         clone = structural_copy(model)
     except RuntimeError:  # a failing torch call is a real failure: let it surface
@@ -689,11 +739,11 @@ def detached(model: nn.Module, meta: bool = True):
         clone = None
     if meta:
         if clone is None:  # no copy: run the model itself, and put back what forward stores on it
-            with side_effects_undone(model), on_meta(model):
+            with side_effects_undone(model), on_meta(model, memo=memo):
                 yield model
         else:
             from .._fast_meta import MetaMemo
-            with MetaMemo():
+            with memo if memo is not None else MetaMemo():
                 yield clone
         return
     target = clone if clone is not None else model
