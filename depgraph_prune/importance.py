@@ -208,7 +208,8 @@ def _to_channels(member: GroupMember, per_pos: torch.Tensor, size: int) -> tuple
     raw = np.asarray(member._channel_of)
     if per_pos.shape[-1] == size and _is_identity(raw, size):
         # position i is channel i (the common case): the sums are the scores as they are
-        return per_pos.to(torch.float64).clone(), torch.ones(size, dtype=torch.bool)
+        # (not copied: the sums are only read from here on)
+        return per_pos.to(torch.float64), torch.from_numpy(np.ones(size, dtype=bool))
     ch = torch.as_tensor(raw, dtype=torch.long)
     ok = ch >= 0
     out = torch.zeros(per_pos.shape[:-1] + (size,), dtype=torch.float64)

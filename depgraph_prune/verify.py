@@ -583,7 +583,7 @@ def lazily_maskable(graph, removed: dict) -> bool:
 NARROW_FROM = 64
 
 
-def _plain_layer_hooks(mod, entries, drop_in, drop_out, enter, leave):
+def _plain_layer_hooks(mod, entries, drop_in, drop_out, enter, leave, masks=None):
     """Hooks that give a plain layer its masked output without a zeroed copy of its weight (see
     ``_activation_masks``). A removed weight column meets nothing and a removed row (with its
     bias) gives zero, so either way is the masked layer's output exactly:
@@ -594,7 +594,9 @@ def _plain_layer_hooks(mod, entries, drop_in, drop_out, enter, leave):
     - a smaller call multiplies its input and output by 0/1 channel masks instead.
 
     Channel dims are counted from the end, so unbatched calls work alike; a call the hooks
-    cannot handle (the input passed by keyword) raises, and the check is made again in place."""
+    cannot handle (the input passed by keyword) raises, and the check is made again in place.
+    ``masks``: a table of 0/1 masks shared between layers (a producer's output mask is its
+    consumers' input mask and its norm's output mask), keyed by content."""
     w = mod._parameters["weight"].detach()
     embedding = isinstance(mod, nn.Embedding)
     narrowable = isinstance(mod, _LINEAR_LIKE) and getattr(mod, "groups", 1) == 1
@@ -602,14 +604,16 @@ def _plain_layer_hooks(mod, entries, drop_in, drop_out, enter, leave):
     width = w.shape[out_dim]
 
     positions: list = []  # (kept input channels, kept output channels), on the first narrow call
-    masks: dict = {}
+    masks = {} if masks is None else masks
     modes: list = []  # per open call: narrowed or masked
+    drop_keys = {id(d[1]): d[1].numpy().tobytes() for d in (drop_in, drop_out) if d is not None}
 
     def mask(x, where, drop):
-        key = (id(drop), x.dim(), x.dtype, x.device)  # the input's and the output's masks apart
+        dim = x.dim() + where
+        key = (x.shape[dim], drop_keys[id(drop)], x.dim(), dim, x.dtype, x.device)
         m = masks.get(key)
         if m is None:
-            m = masks[key] = _keep_vector(x, x.dim() + where, drop)
+            m = masks[key] = _keep_vector(x, dim, drop)
         return x * m
 
     def pre(m, args):
@@ -675,6 +679,7 @@ def masked_lazily(model: nn.Module, removed: dict, readers: Mapping[str, str]):
                     reader = readers.get(prefix + key, "")
                     slots.setdefault(reader, []).append((table, key, t))
     open_swaps: list = []  # (module, entries, old values) not yet put back, innermost last
+    keep_masks: dict = {}  # the plain layers' 0/1 channel masks, shared
     handles = []
 
     def enter(owner, entries, values=None):
@@ -698,7 +703,7 @@ def masked_lazily(model: nn.Module, removed: dict, readers: Mapping[str, str]):
                 continue
             act = _activation_masks(mod, entries, by_id)
             if act is not None and all(x is None or x[1].numel() for x in act):
-                handles += _plain_layer_hooks(mod, entries, *act, enter, leave)
+                handles += _plain_layer_hooks(mod, entries, *act, enter, leave, keep_masks)
                 continue
             handles.append(mod.register_forward_pre_hook(lambda m, a, e=entries: enter(m, e), prepend=True))
             handles.append(mod.register_forward_hook(lambda m, a, o: leave(m), always_call=True))

@@ -59,13 +59,19 @@ class AtomTable:
 
     def union(self, a: np.ndarray, b: np.ndarray, reason: str) -> None:
         """Tie ``a`` and ``b`` elementwise (broadcasting). A real atom tied to a FIXED position is frozen."""
-        a, b = np.broadcast_arrays(np.asarray(a), np.asarray(b))
+        a, b = np.asarray(a), np.asarray(b)
+        if a.shape != b.shape:
+            a, b = np.broadcast_arrays(a, b)
         a, b = a.ravel(), b.ravel()
-        both = (a >= 0) & (b >= 0)
+        real_a, real_b = a >= 0, b >= 0
+        if real_a.all() and real_b.all():  # the common case: every position a real atom
+            self._edges.append((a.copy(), b.copy()))
+            return
+        both = real_a & real_b
         if both.any():
             self._edges.append((a[both], b[both]))
-        only_a = (a >= 0) & (b < 0)
-        only_b = (b >= 0) & (a < 0)
+        only_a = real_a & ~real_b
+        only_b = real_b & ~real_a
         if only_a.any():
             self.freeze(a[only_a], reason)
         if only_b.any():
