@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._memory import drop_scratch, release_free_memory, scratch
+from ._memory import drop_scratch, named_tensors, release_free_memory, scratch
 from .errors import PruningError
 from .graph.groups import Group, GroupMember
 
@@ -63,7 +63,7 @@ def member_tensor(model, name: str):
     if cache is not None:  # within shared_reads: one walk of the model for every lookup
         table = cache.get("tensors")
         if table is None or table[0] is not model:
-            table = cache["tensors"] = (model, _tensor_table(model))
+            table = cache["tensors"] = (model, named_tensors(model))
         hit = table[1].get(name)
         if hit is not None:
             return hit
@@ -87,12 +87,6 @@ def _submodule(model, name: str):
         return model.get_submodule(name)
     except AttributeError:
         return None
-
-
-def _tensor_table(model) -> dict:
-    out = dict(model.named_parameters(remove_duplicate=False))
-    out.update(model.named_buffers(remove_duplicate=False))
-    return out
 
 
 # ----------------------------------------------------------------------------------- helpers

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import stateless
 
+from ._memory import named_tensors as _tensors
 from .errors import SurgeryError
 from .progress import stage
 
@@ -96,12 +97,6 @@ class Verification:
 
 
 # ------------------------------------------------------------------------------------------ runs
-def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    out = dict(model.named_parameters(remove_duplicate=False))
-    out.update(model.named_buffers(remove_duplicate=False))
-    return out
-
-
 def choose_dtype(model: nn.Module) -> torch.dtype | None:
     """float64 for small real-valued models; None (the model's own dtypes) otherwise."""
     ts = list(_tensors(model).values())

@@ -296,3 +296,40 @@ def test_tracing_patches_do_not_leak_into_modules_torch_imports_lazily():
             "assert all(isinstance(t, type) for t in u.common_constant_types)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_shape_propagation_records_what_fx_shape_prop_records():
+    """The lean graph runner records, per node, the shape, dtype and strides fx's own ShapeProp
+    finds (on the same graph, real tensors), through modules, functions, methods, tuples and
+    get_attr nodes; and its MAC count is count_ops'."""
+    import torchvision
+    from torch.fx.passes.shape_prop import ShapeProp
+    from depgraph_prune.trace import symbolic
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = torchvision.models.resnet18().layer1
+            self.scale = nn.Parameter(torch.ones(64, 1, 1))
+            self.head = nn.Linear(64, 10)
+
+        def forward(self, x):
+            y = self.features(x) * self.scale
+            a, b = y.chunk(2, dim=1)
+            z = torch.cat([b, a], 1).flatten(2).mean(-1)
+            return self.head(z), a.shape[1]
+
+    model, x = Net().eval(), torch.randn(2, 64, 16, 16)
+    tr = symbolic.trace(symbolic.structural_copy(model), x)
+    ours = {n.name: n.meta.get("tensor_meta") for n in tr.gm.graph.nodes}
+    gm = torch.fx.symbolic_trace(model)
+    ShapeProp(gm).propagate(x)
+    theirs = {n.name: n.meta.get("tensor_meta") for n in gm.graph.nodes}
+    compared = 0
+    for name, ref in theirs.items():
+        if hasattr(ref, "shape") and name in ours:
+            got = ours[name]
+            assert (tuple(got.shape), got.dtype, tuple(got.stride)) == (tuple(ref.shape), ref.dtype, tuple(ref.stride)), name
+            compared += 1
+    assert compared >= 15
+    assert tr.macs == dp.count_ops(model, x).macs

@@ -20,6 +20,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from .._memory import named_tensors
 from .groups import make_groups
 
 
@@ -51,8 +52,7 @@ def after_prune(graph, record: dict):
 
 def _matches(model, members) -> bool:
     """Every tensor member still has as many positions along its dim as the graph has atoms."""
-    tensors = dict(model.named_parameters(remove_duplicate=False))
-    tensors.update(model.named_buffers(remove_duplicate=False))
+    tensors = named_tensors(model)
     for m in members:
         if m.kind == "width":
             owner, _, attr = m.name.rpartition(".")
