@@ -29,6 +29,8 @@ from torch.nn.utils import stateless
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ._memory import named_tensors
+
 _LIMIT = 1 << 14
 _CACHE: dict = {}
 _CACHEABLE: dict = {}
@@ -400,7 +402,7 @@ def on_meta(model: nn.Module, count_flops: bool = False, memo: "MetaMemo | None"
     are never touched) and meta-op results are memoized; call it with ``to_meta`` inputs. Yields
     the :class:`MetaMemo` (its ``flops`` with ``count_flops=True``; ``memo``: use that one)."""
     memo = memo if memo is not None else MetaMemo(count_flops)
-    state = {**dict(model.named_parameters(remove_duplicate=False)), **dict(model.named_buffers(remove_duplicate=False))}
+    state = named_tensors(model)
     if all(t.is_meta for t in state.values()):  # a structural copy already: nothing to swap
         with memo:
             yield memo

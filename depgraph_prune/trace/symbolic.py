@@ -23,8 +23,9 @@ from torch.utils import _pytree as pytree
 
 from .._fast_meta import on_meta, to_meta
 from .._isolation import restore, side_effects_undone, snapshot
+from .._memory import named_tensors
 from ..errors import TraceError
-from ..surgery import HISTORY_ATTR
+from ..surgery import HISTORY_ATTR, _resolve, _submodule
 from .inputs import Binding, bind, normalize_inputs  # noqa: F401  (normalize_inputs is re-exported)
 
 try:  # generates the graph's Python code only if something calls or prints it: the analysis never does
@@ -637,12 +638,11 @@ def _record_shapes(gm: fx.GraphModule, args) -> Any:
                             raise RuntimeError(f"expected a positional argument for parameter {n.target}")
                         result = n.args[0]
             elif op == "get_attr":
-                result = _fetch(gm, n.target)
+                result = getattr(*_resolve(gm, n.target, modules))
             else:
                 a, kw = fx.node.map_arg(n.args, load), fx.node.map_arg(n.kwargs, load)
                 if op == "call_module":
-                    mod = modules.get(n.target)
-                    result = (mod if mod is not None else _fetch(gm, n.target))(*a, **kw)
+                    result = _submodule(gm, n.target, modules)(*a, **kw)
                 elif op == "call_function":
                     result = n.target(*[thaw(v) for v in a], **{k: thaw(v) for k, v in kw.items()})
                 elif op == "call_method":
@@ -675,14 +675,6 @@ def _record_shapes(gm: fx.GraphModule, args) -> Any:
 _NO_INPUT = object()
 
 
-def _fetch(root: nn.Module, target: str):
-    obj = root
-    for i, atom in enumerate(target.split(".")):
-        if not hasattr(obj, atom):
-            raise RuntimeError(f"node referenced nonexistent target {'.'.join(target.split('.')[:i + 1])}")
-        obj = getattr(obj, atom)
-    return obj
-
 
 def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, binding: Binding, real: nn.Module):
     """Record every node's output metadata. Returns ``(on meta, MACs)``: the MACs of the run
@@ -709,8 +701,7 @@ def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, binding: Binding, re
             # the real tensors, by name, from the user's model (the traced copy may hold meta ones)
             real_state = {k: v.detach() for k, v in real.named_parameters(remove_duplicate=False)}
             real_state.update({k: v.detach().clone() for k, v in real.named_buffers(remove_duplicate=False)})
-            state = {**dict(gm.named_parameters(remove_duplicate=False)),
-                     **dict(gm.named_buffers(remove_duplicate=False))}
+            state = named_tensors(gm)
             real_state = {k: v for k, v in real_state.items() if k in state}
             with stateless._reparametrize_module(gm, real_state):
                 _record_shapes(gm, flat_args)
