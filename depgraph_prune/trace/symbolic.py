@@ -166,6 +166,11 @@ class _Tracer(fx.Tracer):
             return self._values[node]
         if not self._meta_args:
             raise fx.proxy.TraceError("symbolically traced variables cannot be used as inputs to control flow")
+        if self._evaluating:
+            # A traced value reached a module run for its value (an object holding proxies, as a
+            # detector's ImageList): evaluating it would evaluate itself again, to Python's
+            # recursion limit, which on a detector took minutes. Fail at once instead.
+            raise fx.proxy.TraceError(f"evaluating {node.name!r} needs a value that is itself being evaluated")
         try:
             from torch.fx._symbolic_trace import _maybe_revert_all_patches as _unpatched
         except ImportError:  # pragma: no cover
