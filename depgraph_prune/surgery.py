@@ -12,6 +12,7 @@ so far is rolled back, bit for bit.
 """
 from __future__ import annotations
 
+import operator
 from typing import Mapping
 
 import numpy as np
@@ -62,27 +63,64 @@ def removed_components(graph, plan: Mapping) -> np.ndarray:
     return removed
 
 
-def removed_masks(graph, removed: np.ndarray):
-    """``(member, mask of its removed positions)`` for every member that loses positions."""
-    labels = graph._labels
-    for m in graph._ctx.members.values():
-        real = m.atoms >= 0
-        rem = np.zeros(m.atoms.shape, dtype=bool)
-        rem[real] = removed[labels[m.atoms[real]]]
-        if rem.any():
-            if rem.all():
-                raise PruningError(f"pruning would remove every position of `{m.name}` (dim {m.dim})")
-            yield m, rem
+def removed_masks(graph, removed: np.ndarray) -> list:
+    """``(member, mask of its removed positions)`` for every member that loses positions.
+
+    All members' atoms are looked up in one pass over their concatenation (kept on the graph,
+    since the members never change after the build), not a handful of numpy calls per member."""
+    members, atoms, real, starts = _member_atoms(graph)
+    rem = np.zeros(atoms.shape, dtype=bool)
+    rem[real] = removed[graph._labels[atoms[real]]]
+    hits = np.add.reduceat(rem, starts[:-1]) if len(members) else np.zeros(0, dtype=np.int64)
+    sizes = np.diff(starts)
+    out = []
+    for i in np.flatnonzero(hits):
+        m = members[i]
+        if hits[i] == sizes[i]:
+            raise PruningError(f"pruning would remove every position of `{m.name}` (dim {m.dim})")
+        out.append((m, rem[starts[i]:starts[i + 1]].reshape(m.atoms.shape)))
+    return out
 
 
-def kept_positions(graph, removed: np.ndarray) -> dict[tuple[str, int], np.ndarray]:
-    return {(m.name, m.dim): np.nonzero(~rem)[0] for m, rem in removed_masks(graph, removed)}
+def _member_atoms(graph):
+    """(members, their atoms concatenated, which of those are real, start offsets + total)."""
+    members = list(graph._ctx.members.values())
+    cached = graph.__dict__.get("_member_atoms")
+    if cached is not None and len(cached[0]) == len(members) and all(map(operator.is_, cached[0], members)):
+        return cached[1]
+    every = members
+    flat = [m.atoms.reshape(-1) for m in members]
+    starts = np.zeros(len(members) + 1, dtype=np.int64)
+    np.cumsum([f.size for f in flat], out=starts[1:])
+    # an empty member would make reduceat read the next member's first position
+    if any(f.size == 0 for f in flat):
+        keep = [i for i, f in enumerate(flat) if f.size]
+        members, flat = [members[i] for i in keep], [flat[i] for i in keep]
+        starts = np.zeros(len(members) + 1, dtype=np.int64)
+        np.cumsum([f.size for f in flat], out=starts[1:])
+    atoms = np.concatenate(flat) if flat else np.zeros(0, dtype=np.int64)
+    table = (members, atoms, atoms >= 0, starts)
+    graph.__dict__["_member_atoms"] = (every, table)
+    return table
 
 
-def apply_plan(graph, plan: Mapping) -> dict:
-    model = graph.model
+def kept_positions(graph, removed: np.ndarray, masks: list | None = None) -> dict[tuple[str, int], np.ndarray]:
+    masks = removed_masks(graph, removed) if masks is None else masks
+    return {(m.name, m.dim): np.nonzero(~rem)[0] for m, rem in masks}
+
+
+def removal(graph, plan: Mapping) -> tuple[np.ndarray, list]:
+    """The plan's removed components and ``removed_masks``: made once when a check and the
+    surgery it checks both need them."""
     removed = removed_components(graph, plan)
-    keeps = kept_positions(graph, removed)
+    return removed, removed_masks(graph, removed)
+
+
+def apply_plan(graph, plan: Mapping, removal_of_plan: tuple | None = None) -> dict:
+    """``removal_of_plan``: ``removal(graph, plan)`` when the caller already made it."""
+    model = graph.model
+    removed, masks = removal(graph, plan) if removal_of_plan is None else removal_of_plan
+    keeps = kept_positions(graph, removed, masks)
     if not keeps:
         return {}
     kinds = {(m.name, m.dim): m.kind for m in graph._ctx.members.values()}

@@ -356,12 +356,13 @@ def compare(ref, out) -> float:
 
 
 # ------------------------------------------------------------------------------- masked state
-def _removed_positions(graph, plan) -> dict[str, dict[int, torch.Tensor]]:
-    """Tensor name -> {dim: removed positions} for the plan (width members left out)."""
-    from .surgery import removed_components, removed_masks
+def _removed_positions(graph, plan, removal_of_plan=None) -> dict[str, dict[int, torch.Tensor]]:
+    """Tensor name -> {dim: removed positions} for the plan (width members left out);
+    ``removal_of_plan``: ``surgery.removal(graph, plan)``, when already made."""
+    from .surgery import removal
     no_mask = graph._ctx.no_mask
     out: dict[str, dict[int, torch.Tensor]] = {}
-    for m, rem in removed_masks(graph, removed_components(graph, plan)):
+    for m, rem in (removal(graph, plan) if removal_of_plan is None else removal_of_plan)[1]:
         if m.kind != "width" and (m.name, m.dim) not in no_mask:
             out.setdefault(m.name, {})[m.dim] = torch.from_numpy(np.flatnonzero(rem))
     return out
@@ -856,7 +857,9 @@ class _Checker:
         model = self.graph.model
         small = self.small
         inputs = small if small is not None else self.inputs if self.inputs is not None else self.graph.example_inputs
-        removed = _removed_positions(self.graph, plan)
+        from .surgery import removal
+        cut = removal(self.graph, plan)
+        removed = _removed_positions(self.graph, plan, cut)
         lazy = self.lazy and self.dtype is None and lazily_maskable(self.graph, removed)
         try:
             with stage("verify"):
@@ -877,7 +880,7 @@ class _Checker:
             self.report.tolerance = self.tol
             return self._check(plan, affine_norms, keep)
         with stage("surgery"):
-            record = apply_plan(self.graph, plan)
+            record = apply_plan(self.graph, plan, cut)
         diff = 0.0
         try:
             for ref, probe, base, excite in refs:

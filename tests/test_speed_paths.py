@@ -236,3 +236,30 @@ def test_memo_and_output_formulas_give_what_the_meta_kernels_give(channels_last)
         with torch.no_grad(), on_meta(model), _Record() as got:
             model(x)  # the memo and its formulas underneath
         assert got.seen == want.seen
+
+
+# ------------------------------------------------------------------------ removed positions
+@pytest.mark.parametrize("ratio", [0.25, 0.5])
+def test_removed_masks_in_one_pass_equal_the_per_member_lookup(ratio):
+    """``surgery.removed_masks`` looks all members up in one concatenated pass; each member's
+    mask must be what its own atoms give, and members that lose nothing are left out."""
+    import numpy as np
+
+    from depgraph_prune.surgery import removed_components, removed_masks
+    for name, model, x in _models():
+        g = dp.build_graph(model, x)
+        plan = {gr: list(range(0, gr.size, int(1 / ratio))) for gr in g.groups if gr.prunable and gr.size > 2}
+        removed = removed_components(g, plan)
+        got = {(m.name, m.dim): rem for m, rem in removed_masks(g, removed)}
+        want = {}
+        for m in g._ctx.members.values():
+            real = m.atoms >= 0
+            rem = np.zeros(m.atoms.shape, dtype=bool)
+            rem[real] = removed[g._labels[m.atoms[real]]]
+            if rem.any():
+                want[(m.name, m.dim)] = rem
+        assert got.keys() == want.keys() and want, name
+        assert all(np.array_equal(got[k], want[k]) for k in want), name
+        # the table kept on the graph is reused, and answers the same the second time
+        again = {(m.name, m.dim): rem for m, rem in removed_masks(g, removed)}
+        assert all(np.array_equal(again[k], want[k]) for k in want)
