@@ -5,6 +5,8 @@ guilty group frozen with the numerical reason, the rest pruned, the model never 
 """
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -314,3 +316,19 @@ def test_probe_compares_the_layers_after_the_run_and_names_the_worst():
         with probe.attach():
             m(x)
     assert probe.worst == float("inf") and probe.where == "0"
+
+
+def test_probe_cpu_comparison_equals_the_inf_norms():
+    """On the CPU the probe compares layer pairs in numpy (``_max_abs_pairs``); it must give
+    what torch's inf-norms give, NaN and inf included (the caller re-checks non-finite pairs)."""
+    torch.manual_seed(0)
+    refs = [torch.randn(3, 5), torch.randn(7), torch.randn(2, 2, 2, dtype=torch.float64), torch.randn(4)]
+    outs = [r + 1e-3 * torch.randn_like(r) for r in refs]
+    refs[3][1], outs[3][1] = float("inf"), float("inf")  # inf - inf
+    outs[1][2] = float("nan")
+    diffs, scales = V._max_abs_pairs(refs, outs)
+    want_d = [torch.linalg.vector_norm(r - o, float("inf")).item() for r, o in zip(refs, outs)]
+    want_s = [torch.linalg.vector_norm(r, float("inf")).item() for r in refs]
+    for got, want in ((diffs, want_d), (scales, want_s)):
+        for a, b in zip(got, want):
+            assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-12), (got, want)
