@@ -29,7 +29,7 @@ from torch.nn.utils import stateless
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ._memory import named_tensors
+from ._walk import named_tensors
 
 _LIMIT = 1 << 14
 _CACHE: dict = {}

@@ -22,6 +22,8 @@ import operator
 
 from torch import nn
 
+from ._walk import modules
+
 def _content(value):
     if isinstance(value, list):
         return list(value)
@@ -86,7 +88,7 @@ def snapshot(model: nn.Module, tables: str = "contents"):
     saved = []
     by_name = tables == "added"
     skip = _HOOK_TABLES | set(_MODULE_TABLES) if by_name else _HOOK_TABLES
-    for m in model.modules():
+    for m in modules(model):
         if type(m) in _INERT:
             continue
         d = m.__dict__

@@ -53,14 +53,6 @@ _WORTH = 32 << 20  # free heap bytes below which a trim is not worth its cost (~
 _FREED_WORTH = 256 << 20
 
 
-def named_tensors(model) -> dict:
-    """Every parameter and buffer of ``model`` by qualified name, tied ones under each of their
-    names (``remove_duplicate=False``)."""
-    out = dict(model.named_parameters(remove_duplicate=False))
-    out.update(model.named_buffers(remove_duplicate=False))
-    return out
-
-
 def weight_bytes(model) -> int:
     """Bytes of ``model``'s parameters (what a prune frees a share of)."""
     return sum(t.numel() * t.element_size() for t in model.parameters())

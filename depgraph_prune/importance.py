@@ -44,7 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._memory import drop_scratch, named_tensors, release_free_memory, scratch
+from ._memory import drop_scratch, release_free_memory, scratch
+from ._walk import named_modules as _named_modules, named_tensors
 from .errors import PruningError
 from .graph.groups import Group, GroupMember
 
@@ -81,7 +82,7 @@ def _submodule(model, name: str):
     if cache is not None:
         table = cache.get("modules")
         if table is None or table[0] is not model:
-            table = cache["modules"] = (model, dict(model.named_modules(remove_duplicate=False)))
+            table = cache["modules"] = (model, dict(_named_modules(model, remove_duplicate=False)))
         return table[1].get(name)
     try:
         return model.get_submodule(name)

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ._fast_meta import MetaMemo, to_meta
+from ._walk import modules
 
 __all__ = ["OpCount", "count_ops", "speedup", "measure_latency"]
 
@@ -66,7 +67,7 @@ def count_ops(model: nn.Module, example_inputs) -> OpCount:
     from .trace.symbolic import detached
     args, kwargs = normalize_inputs(example_inputs)
     # Remember each module's own flag: a model can mix train and eval submodules on purpose.
-    flags = [(m, m.training) for m in model.modules()]
+    flags = [(m, m.training) for m in modules(model)]
     fastpath = torch.backends.mha.get_fastpath_enabled()
     try:
         model.eval()
@@ -147,7 +148,7 @@ def measure_latency(model: nn.Module, example_inputs, repeat: int = 10, warmup: 
     cuda = any(t.is_cuda for t in list(model.parameters())[:1]) and torch.cuda.is_available()
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     threads = torch.get_num_threads()
-    flags = [(m, m.training) for m in model.modules()]
+    flags = [(m, m.training) for m in modules(model)]
     times = []
     try:
         torch.set_num_threads(1)

@@ -19,6 +19,7 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
+from ._walk import named_modules
 from .errors import PruningError
 from .graph import DependencyGraph, Group
 from .importance import shared_reads
@@ -41,7 +42,7 @@ def _producer_modules(graph: DependencyGraph) -> dict[int, list[tuple[str, tuple
     from .graph.dependency_graph import _out_key
     canonical = graph._ctx.canonical_name
     out: dict[int, list] = {}
-    for name, mod in graph.model.named_modules():
+    for name, mod in named_modules(graph.model):
         if not name or not any(p is not None for p in mod._parameters.values()) and not hasattr(mod, "num_features"):
             continue
         name_, dim = _out_key(name, mod)

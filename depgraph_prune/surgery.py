@@ -21,6 +21,7 @@ from torch import nn
 
 from ._fast_meta import to_meta
 from ._memory import release_free_memory
+from ._walk import named_modules
 from .errors import PruningError, SurgeryError
 
 #: the model attribute that holds the pruning record (one entry per surgery; see ``history``)
@@ -136,7 +137,7 @@ def apply_plan(graph, plan: Mapping, removal_of_plan: tuple | None = None) -> di
             by_tensor.setdefault(name, {})[dim] = idx
     new_tensors: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
     holders: dict[int, list[tuple[nn.Module, str, str]]] = {}
-    modules = dict(model.named_modules(remove_duplicate=False))  # one walk, not a lookup per name
+    modules = dict(named_modules(model, remove_duplicate=False))  # one walk, not a lookup per name
     for mod_name, mod in modules.items():
         for attr, t in list(mod._parameters.items()) + list(mod._buffers.items()):
             if t is not None:
@@ -256,7 +257,7 @@ def _rescales(graph, removed, keeps) -> list:
 def _module_names(model) -> dict[int, str]:
     """Each module's first qualified name (a shared module is recorded under one name)."""
     names: dict[int, str] = {}
-    for n, m in model.named_modules(remove_duplicate=False):
+    for n, m in named_modules(model, remove_duplicate=False):
         names.setdefault(id(m), n)
     return names
 

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import stateless
 
-from ._memory import named_tensors as _tensors
+from ._walk import named_modules as _named_modules, named_tensors as _tensors
 from .errors import SurgeryError
 from .progress import stage
 
@@ -210,7 +210,7 @@ class Probe:
     def __init__(self, model: nn.Module, removed: dict, budget: int = 1 << 28):
         self.model, self.budget = model, budget
         self.layers = []  # (module, name, channel dim (negative: from the end), kept positions or None)
-        for name, mod in model.named_modules():
+        for name, mod in _named_modules(model):
             prefix = f"{name}." if name else ""
             if isinstance(mod, (*_CONVS, *_TCONVS)):
                 wdim = 1 if isinstance(mod, _TCONVS) else 0
@@ -682,7 +682,7 @@ def masked_lazily(model: nn.Module, removed: dict, readers: Mapping[str, str]):
     trace) names that module per tensor; a tensor it does not name is zeroed for the whole run.
     What the trace may not have seen (a tensor read through a reference held elsewhere) makes
     the check fail, never pass: the caller then checks again with :func:`masked`."""
-    modules = dict(model.named_modules(remove_duplicate=False))  # one walk for every lookup below
+    modules = dict(_named_modules(model, remove_duplicate=False))  # one walk for every lookup below
     by_id = {}
     for name, dims in removed.items():
         by_id[id(_resolve(model, name, modules))] = dims

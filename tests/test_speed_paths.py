@@ -263,3 +263,34 @@ def test_removed_masks_in_one_pass_equal_the_per_member_lookup(ratio):
         # the table kept on the graph is reused, and answers the same the second time
         again = {(m.name, m.dim): rem for m, rem in removed_masks(g, removed)}
         assert all(np.array_equal(again[k], want[k]) for k in want)
+
+
+# ----------------------------------------------------------------------------- module walks
+class _Shared(nn.Module):
+    """A module reached twice, a None child, and a tied parameter."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
+        self.b = nn.Sequential(self.a[0], nn.BatchNorm1d(3))
+        self.c = self.a
+        self.none = None
+        self.register_module("gap", None)
+        self.head = nn.Linear(3, 3)
+        self.head.weight = self.a[0].weight
+
+
+@pytest.mark.parametrize("build", [_Shared, torchvision.models.densenet121, torchvision.models.efficientnet_b0])
+def test_engine_walks_equal_torchs(build):
+    from depgraph_prune import _walk
+    model = build()
+    for dup in (True, False):
+        got = _walk.named_modules(model, remove_duplicate=dup)
+        want = list(model.named_modules(remove_duplicate=dup))
+        assert [n for n, _ in got] == [n for n, _ in want]
+        assert all(a is b for (_, a), (_, b) in zip(got, want))
+    assert all(a is b for a, b in zip(_walk.modules(model), model.modules()))
+    want = dict(model.named_parameters(remove_duplicate=False))
+    want.update(model.named_buffers(remove_duplicate=False))
+    got = _walk.named_tensors(model)
+    assert list(got) == list(want) and all(got[k] is want[k] for k in want)

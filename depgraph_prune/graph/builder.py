@@ -13,6 +13,7 @@ from torch import nn
 from .. import progress as _progress
 from .. import trace as _trace
 from . import rules  # noqa: F401  (registers the rules)
+from .._walk import named_modules
 from ..errors import PruningError
 from .context import KERNEL_DIM, BuildContext
 from .registry import FUNCTION_RULES, METHOD_RULES, MODEL_SCANNERS, MODULE_RULES, load_optional_rules
@@ -132,7 +133,7 @@ def _hooked_modules(model: nn.Module) -> dict[str, str]:
                                "_hook): torch.fx cannot see what it does to every module's output, so pruning "
                                "could change the function. Remove it (handle.remove()) before pruning.")
     out = {}
-    for name, mod in model.named_modules():
+    for name, mod in named_modules(model):
         fns = [h for h in list(mod._forward_hooks.values()) + list(mod._forward_pre_hooks.values())
                if not _known_hook(h)]
         if fns:
@@ -315,7 +316,7 @@ def build_context(model: nn.Module, example_inputs: Any, leaf_names: Iterable[st
         model = _trace.structural_copy(model)
     except Exception:  # an attribute deepcopy cannot handle: trace the model itself
         pass
-    ctx = BuildContext(model, dict(model.named_modules(remove_duplicate=False)), attention=attention)
+    ctx = BuildContext(model, dict(named_modules(model, remove_duplicate=False)), attention=attention)
     params, buffers = _named_tensors(ctx.modules)
     ctx.canonical = _canonical_names(params + buffers)
     ctx.hooked = _hooked_modules(real)

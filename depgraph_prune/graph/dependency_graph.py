@@ -8,6 +8,7 @@ from torch import nn
 
 from .._gc import old_objects_frozen
 from .._isolation import side_effects_undone
+from .._walk import named_modules
 from ..errors import PruningError, SurgeryError
 from .builder import ATTENTION_MODES, build_context
 from .groups import Group, make_groups
@@ -47,7 +48,7 @@ class DependencyGraph:
 
     # -- construction helpers ---------------------------------------------------------------
     def _ignore(self, ctx, ignored_layers):
-        names = {id(m): n for n, m in self.model.named_modules()}
+        names = {id(m): n for n, m in named_modules(self.model)}
         for item in ignored_layers:
             name = item if isinstance(item, str) else names.get(id(item))
             if name is None or name not in ctx.modules:
@@ -59,7 +60,7 @@ class DependencyGraph:
 
     def _names(self, items, arg: str) -> list[str]:
         """Module names from names or module objects; types select every module of that type."""
-        by_id = {id(m): n for n, m in self.model.named_modules(remove_duplicate=False)}
+        by_id = {id(m): n for n, m in named_modules(self.model, remove_duplicate=False)}
         names = []
         for item in items:
             if isinstance(item, type):

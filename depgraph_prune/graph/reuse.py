@@ -20,7 +20,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from .._memory import named_tensors
+from .._walk import named_tensors
 from .groups import make_groups
 
 
