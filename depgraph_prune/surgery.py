@@ -90,15 +90,11 @@ def _member_atoms(graph):
     if cached is not None and len(cached[0]) == len(members) and all(map(operator.is_, cached[0], members)):
         return cached[1]
     every = members
+    # an empty member (it loses nothing) would make reduceat read the next member's first position
+    members = [m for m in members if m.atoms.size]
     flat = [m.atoms.reshape(-1) for m in members]
     starts = np.zeros(len(members) + 1, dtype=np.int64)
     np.cumsum([f.size for f in flat], out=starts[1:])
-    # an empty member would make reduceat read the next member's first position
-    if any(f.size == 0 for f in flat):
-        keep = [i for i, f in enumerate(flat) if f.size]
-        members, flat = [members[i] for i in keep], [flat[i] for i in keep]
-        starts = np.zeros(len(members) + 1, dtype=np.int64)
-        np.cumsum([f.size for f in flat], out=starts[1:])
     atoms = np.concatenate(flat) if flat else np.zeros(0, dtype=np.int64)
     table = (members, atoms, atoms >= 0, starts)
     graph.__dict__["_member_atoms"] = (every, table)
