@@ -24,6 +24,7 @@ from torch import nn
 
 from ._walk import modules
 
+
 def _content(value):
     if isinstance(value, list):
         return list(value)

@@ -23,8 +23,7 @@ from torch.utils import _pytree as pytree
 
 from .._fast_meta import on_meta, to_meta
 from .._isolation import restore, side_effects_undone, snapshot
-from .. import _walk
-from .._walk import named_tensors
+from .._walk import modules as _modules_of, named_modules as _named_modules, named_tensors
 from ..errors import TraceError
 from ..surgery import HISTORY_ATTR, _resolve, _submodule
 from .inputs import Binding, bind, normalize_inputs  # noqa: F401  (normalize_inputs is re-exported)
@@ -319,7 +318,7 @@ def _has_int_constant(obj) -> bool:
 @contextlib.contextmanager
 def _modes(model: nn.Module, training: bool):
     """Temporarily set every module's mode; restore each module's own flag afterwards."""
-    saved = [(m, m.training) for m in _walk.modules(model)]
+    saved = [(m, m.training) for m in _modules_of(model)]
     try:
         for m, _ in saved:
             _set_training(m, training)
@@ -627,7 +626,7 @@ def _record_shapes(gm: fx.GraphModule, args) -> Any:
     bar, a context manager, a dotted-path walk per module call) cost as much as the meta ops."""
     env: dict = {}
     load = env.__getitem__
-    modules = dict(_walk.named_modules(gm, remove_duplicate=False))
+    modules = dict(_named_modules(gm, remove_duplicate=False))
     inputs = iter(gm.graph.process_inputs(*args))
     # fx freezes list constants into immutable_list; real functions may mutate their copy
     thaw = lambda v: list(v) if isinstance(v, list) else v  # noqa: E731
