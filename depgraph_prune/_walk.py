@@ -40,12 +40,13 @@ def modules(model: nn.Module) -> list[nn.Module]:
     return [m for _, m in named_modules(model)]
 
 
-def named_tensors(model: nn.Module) -> dict:
+def named_tensors(model: nn.Module, buffers: bool = True) -> dict:
     """Every parameter and buffer by qualified name, tied ones under each of their names: the
-    same table as ``named_parameters(remove_duplicate=False)`` followed by ``named_buffers``."""
+    same table as ``named_parameters(remove_duplicate=False)`` followed by ``named_buffers``
+    (without ``buffers``: the parameters only)."""
     items = named_modules(model, remove_duplicate=False)
     out: dict = {}
-    for table in ("_parameters", "_buffers"):
+    for table in ("_parameters", "_buffers") if buffers else ("_parameters",):
         for prefix, mod in items:
             tensors = mod.__dict__.get(table)
             if tensors:

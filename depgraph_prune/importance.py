@@ -201,10 +201,12 @@ def _to_channels(member: GroupMember, per_pos: torch.Tensor, size: int) -> tuple
     """Sum per-position values (last dim = positions along the member's dim) into group channels.
     Returns ``(scores[..., size], present[size])``."""
     raw = np.asarray(member._channel_of)
-    if per_pos.shape[-1] == size and _is_identity(raw, size):
+    identity = member._identity if member._identity is not None else _is_identity(raw, size)
+    if per_pos.shape[-1] == size and identity:
         # position i is channel i (the common case): the sums are the scores as they are
         # (not copied: the sums are only read from here on)
-        return per_pos.to(torch.float64), torch.from_numpy(np.ones(size, dtype=bool))
+        return (per_pos if per_pos.dtype == torch.float64 else per_pos.to(torch.float64)), \
+            torch.from_numpy(np.ones(size, dtype=bool))
     ch = torch.as_tensor(raw, dtype=torch.long)
     ok = ch >= 0
     out = torch.zeros(per_pos.shape[:-1] + (size,), dtype=torch.float64)
@@ -315,7 +317,7 @@ class Importance:
     def _contributions(self, group: Group):
         model = group._graph.model
         for m in group.members:
-            if not self._contributes(model, m) or not (np.asarray(m._channel_of) >= 0).any():
+            if not m.owned or not self._contributes(model, m):
                 continue
             t = member_tensor(model, m.name)
             if t is None or t.dim() == 0:
@@ -355,8 +357,14 @@ def _reduce(parts, size: int, reduction: str) -> torch.Tensor:
     count = np.zeros(size)
     for s, present in parts:
         p = present.cpu().numpy()
-        total += np.where(p, s.detach().to("cpu", torch.float64).numpy(), 0.0)
-        count += p
+        v = s.detach()
+        v = (v if v.dtype == torch.float64 and v.device.type == "cpu" else v.to("cpu", torch.float64)).numpy()
+        if p.all():  # the common case: the same sums, without the masked copy
+            total += v
+            count += 1.0
+        else:
+            total += np.where(p, v, 0.0)
+            count += p
     return torch.from_numpy(total if reduction == "sum" else total / np.maximum(count, 1.0))
 
 

@@ -177,7 +177,7 @@ def pick_in_parts(group: Group, scores, counts) -> list[int]:
             chosen[p[np.argsort(s[p], kind="stable")[:int(k)]]] = True
     for m in group.members:
         ch = m._channel_of
-        if ch.size == 0 or (ch < 0).any():
+        if ch.size == 0 or m.owned != ch.size:
             continue  # the member keeps fixed positions anyway
         covered = np.bincount(ch, minlength=group.size).astype(bool)  # (no sort, unlike unique)
         if chosen[covered].all():

@@ -97,9 +97,10 @@ class Verification:
 
 
 # ------------------------------------------------------------------------------------------ runs
-def choose_dtype(model: nn.Module) -> torch.dtype | None:
-    """float64 for small real-valued models; None (the model's own dtypes) otherwise."""
-    ts = list(_tensors(model).values())
+def choose_dtype(model: nn.Module, tensors: list | None = None) -> torch.dtype | None:
+    """float64 for small real-valued models; None (the model's own dtypes) otherwise
+    (``tensors``: the model's tensors, when already listed)."""
+    ts = list(_tensors(model).values()) if tensors is None else tensors
     if any(t.is_complex() or t.device.type == "meta" for t in ts):
         return None
     if sum(t.numel() for t in ts) <= F64_LIMIT:
@@ -792,10 +793,10 @@ def classify(graph, groups) -> tuple[set, set, dict]:
 
 
 # ------------------------------------------------------------------------------------ checking
-def _probe_budget(model: nn.Module) -> int:
+def _probe_budget(model: nn.Module, tensors: list | None = None) -> int:
     """Bytes of layer outputs the probe may hold: a twentieth of the model's tensors, within
     64 to 256 MiB (a big model's memory goal is a multiple of its weights)."""
-    size = sum(t.numel() * t.element_size() for t in _tensors(model).values())
+    size = sum(t.numel() * t.element_size() for t in (_tensors(model).values() if tensors is None else tensors))
     return int(min(1 << 28, max(1 << 26, size // 20)))
 
 
@@ -845,8 +846,9 @@ class _Checker:
     plain check: a smaller input (``reduced_inputs``, when the caller gave none), and, in the
     model's own dtype, masking one module at a time (``masked_lazily``) instead of in place."""
 
-    def __init__(self, graph, dtype, report: Verification, inputs=None):
+    def __init__(self, graph, dtype, report: Verification, inputs=None, budget: int | None = None):
         self.graph = graph
+        self.budget = budget  # the probe's (see _probe_budget); None: from the model at each check
         self.inputs = inputs
         self.small = reduced_inputs(graph) if inputs is None else None
         self.lazy = True
@@ -945,7 +947,7 @@ class _Checker:
         refs = []
         for excite in variants:
             base = base_state(model, self.dtype, excite) if self.dtype is not None else None
-            probe = Probe(model, removed, budget=_probe_budget(model))
+            probe = Probe(model, removed, budget=self.budget if self.budget is not None else _probe_budget(model))
             mask = masked_lazily(model, removed, self.graph._ctx.readers) if lazy else masked(model, removed, base)
             with mask as state:
                 refs.append((run(model, inputs, self.dtype, state, affine_norms, probe), probe, base, excite))
@@ -994,12 +996,13 @@ def apply(graph, plan: Mapping, mode=True, keep_partial: bool = True, inputs=Non
     plan = {g: list(c) for g, c in plan.items() if len(c)}
     if not plan:
         return {}, report
-    dtype = choose_dtype(model)
-    if any(t.device.type == "meta" for t in _tensors(model).values()):
+    tensors = list(_tensors(model).values())  # one walk for the three questions below
+    dtype = choose_dtype(model, tensors)
+    if any(t.device.type == "meta" for t in tensors):
         report.skipped = "the model is on the meta device: only the structural check ran"
         record = apply_plan(graph, plan)
         return record, report
-    checker = _Checker(graph, dtype, report, inputs)
+    checker = _Checker(graph, dtype, report, inputs, budget=_probe_budget(model, tensors))
     report.dtype = str(dtype or model_dtype(model)).replace("torch.", "")
     report.tolerance = checker.tol
     exact, affine, structural = classify(graph, list(plan))

@@ -294,3 +294,6 @@ def test_engine_walks_equal_torchs(build):
     want.update(model.named_buffers(remove_duplicate=False))
     got = _walk.named_tensors(model)
     assert list(got) == list(want) and all(got[k] is want[k] for k in want)
+    params = _walk.named_tensors(model, buffers=False)
+    want = list(model.named_parameters(remove_duplicate=False))
+    assert list(params) == [n for n, _ in want] and all(params[n] is t for n, t in want)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -27,6 +27,15 @@ class GroupMember:
     dim: int
     kind: str
     _channel_of: np.ndarray  # group channel per position, -1 for positions the group doesn't own
+    #: positions the group owns, and whether position i is channel i of all the group's channels
+    #: (the common case); computed for all members at once when the groups are made
+    _owned: int | None = field(default=None, compare=False, repr=False)
+    _identity: bool | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def owned(self) -> int:
+        """How many positions the group owns (the others are fixed)."""
+        return int((self._channel_of >= 0).sum()) if self._owned is None else self._owned
 
     def indices(self, channels: Iterable[int]) -> torch.LongTensor:
         """Positions along ``dim`` that belong to the given group channels (a flatten→linear
@@ -107,6 +116,9 @@ class Group:
         shuffle or a grouped conv ties together). Only for the planner's rounding."""
         if self._unit is None:
             best = None
+            if any(m._identity for m in self.members):  # one position per channel: the finest there is
+                self._unit = 1
+                return 1
             for m in self.members:
                 ch = np.asarray(m._channel_of)
                 ch = ch[ch >= 0]
@@ -237,11 +249,22 @@ def make_groups(ctx: BuildContext, graph) -> list[Group]:
             continue  # a functional conv's kernel dims (from a weight read in forward): not channels
         made.append((gi, live, fr, int(frozen.sum())))
     channel = np.where(comp_of >= 0, comp_channel[np.maximum(comp_of, 0)], -1)  # group channel per position
+    # per member, in one pass: positions owned, and whether position i is channel i
+    owned = np.zeros(len(members), dtype=np.int64)
+    in_place = np.ones(len(members), dtype=bool)
+    full = np.flatnonzero(sizes > 0)
+    if full.size:  # segments of the non-empty members (an empty one has no segment of its own)
+        local = np.arange(atoms.size) - np.repeat(offsets[:-1], sizes)
+        owned[full] = np.add.reduceat((channel >= 0).astype(np.int64), offsets[full])
+        in_place[full] = np.logical_and.reduceat(channel == local, offsets[full])
+    owned, in_place = owned.tolist(), in_place.tolist()
     groups_out = []
     for gi, live, fr, n_frozen in made:
-        gms = [GroupMember(members[i].name, members[i].dim, members[i].kind, channel[offsets[i]:offsets[i + 1]])
+        n = int(live.size)
+        gms = [GroupMember(members[i].name, members[i].dim, members[i].kind, channel[offsets[i]:offsets[i + 1]],
+                           owned[i], in_place[i] and int(sizes[i]) == n)
                for i in by_group[gi]]
-        groups_out.append(Group(graph, len(groups_out), gms, int(live.size), fr, n_frozen, live))
+        groups_out.append(Group(graph, len(groups_out), gms, n, fr, n_frozen, live))
     return groups_out
 
 

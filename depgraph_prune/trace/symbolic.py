@@ -399,19 +399,23 @@ def structural_copy(model: nn.Module) -> nn.Module:
         out = modules[id(m)] = object.__new__(type(m))
         state = dict(m.__dict__)
         for k, v in state.items():
-            if k == "_parameters" or k == "_buffers":
-                state[k] = type(v)((n, tensor(t)) for n, t in v.items())
+            kind = type(v)
+            if kind in _ATOMS or k == HISTORY_ATTR:
+                # (our pruning record: lists of kept positions, no modules, never written by forward)
+                continue
+            if kind in _EMPTY_BOXES and not v:  # most of a module's tables: a new empty one
+                state[k] = kind()
+            elif k == "_parameters" or k == "_buffers":
+                state[k] = kind((n, tensor(t)) for n, t in v.items())
             elif k == "_modules":
-                state[k] = type(v)((n, None if c is None else module(c)) for n, c in v.items())
+                state[k] = kind((n, None if c is None else module(c)) for n, c in v.items())
             elif k in _FORWARD_HOOK_DICTS:
                 # user hooks must not run on the analysis copy (their side effects would reach the
                 # user's objects with meta tensors); the modules they sit on are frozen instead.
                 # Weight-norm's pre-hook computes the weight, so it stays.
-                state[k] = OrderedDict((i, h) for i, h in v.items() if _computes_weights(h)) if v else OrderedDict()
-            elif k == HISTORY_ATTR:
-                state[k] = v  # our pruning record: lists of kept positions, no modules, never written by forward
+                state[k] = OrderedDict((i, h) for i, h in v.items() if _computes_weights(h))
             else:
-                state[k] = v.copy() if type(v) is OrderedDict else value(v)  # hook dicts and the like
+                state[k] = v.copy() if kind is OrderedDict else value(v)  # hook dicts and the like
         object.__setattr__(out, "__dict__", state)
         return out
 
@@ -419,8 +423,9 @@ def structural_copy(model: nn.Module) -> nn.Module:
 
 
 _ATOMS = frozenset({bool, int, float, str, type(None)})
-_FORWARD_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
-                       "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called")
+_FORWARD_HOOK_DICTS = frozenset({"_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
+                                 "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called"})
+_EMPTY_BOXES = frozenset({dict, OrderedDict, list, set})
 
 
 def _computes_weights(hook) -> bool:
@@ -476,19 +481,62 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] =
                 raise TraceError(_untraceable_message(model, exc)) from exc
             finally:
                 tracer._values.clear()  # meta values of the whole graph: drop them now
-        gm = _GraphModule(tracer.root, graph, type(model).__name__)
+        gm = _graph_module(tracer.root, graph, type(model).__name__)
         restore(saved)
         _keep_constants(model, gm)
     with _modes(model, training):
         meta_ok, macs = _propagate_shapes(gm, model, binding, real_model or model)
     reached = set()
-    under = names_under(n for n, _ in model.named_parameters(remove_duplicate=False))
+    under = names_under(named_tensors(model, buffers=False))
     for node in gm.graph.nodes:
         if node.op == "get_attr":
             reached.add(node.target)
         elif node.op == "call_module":
             reached.update(under.get(node.target, ()))
     return Trace(gm, training, reached, opaque, tracer.decided, meta_ok, macs)
+
+
+def _graph_module(root: nn.Module, graph: fx.Graph, class_name: str) -> fx.GraphModule:
+    """``GraphModule(root, graph, class_name)``, built faster: the module tree fx would copy (the
+    modules and tensors the graph's nodes name, under plain ``nn.Module`` containers) made from
+    the module tables directly. fx's copy goes through ``nn.Module.__getattr__`` and
+    ``__setattr__`` at every level of every target, a few milliseconds a trace."""
+    gm = _GraphModule(root, fx.Graph(), class_name)  # no targets: only fx's own setup
+    sources = dict(_named_modules(root, remove_duplicate=False))
+    for node in graph.nodes:
+        if node.op not in ("get_attr", "call_module"):
+            continue
+        target = node.target
+        if not isinstance(target, str):
+            raise AssertionError(f"Expected node.target to be str, got {type(target)}")
+        owner, _, attr = target.rpartition(".")
+        if owner not in sources:  # a target fx resolves another way: let fx copy it
+            fx.graph_module._copy_attr(root, gm, target)
+            continue
+        to, path, installed = gm, "", False
+        for item in owner.split(".") if owner else ():
+            path = f"{path}.{item}" if path else item
+            have = to._modules.get(item)
+            if have is sources[path]:  # a parent module itself is already installed
+                installed = True
+                break
+            if have is None:
+                have = to._modules[item] = nn.Module()
+            to = have
+        if installed:
+            continue
+        src = sources[owner]
+        value = getattr(src, attr)
+        if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
+            to.register_buffer(attr, value, persistent=attr not in src._non_persistent_buffers_set)
+        else:
+            setattr(to, attr, value)
+    gm.graph = graph
+    if graph._tracer_cls and "<locals>" not in graph._tracer_cls.__qualname__:
+        gm._tracer_cls = graph._tracer_cls
+    if graph._tracer_extras:
+        gm._tracer_extras = graph._tracer_extras
+    return gm
 
 
 def names_under(names: Iterable[str]) -> dict[str, list[str]]:
