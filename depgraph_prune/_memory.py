@@ -13,6 +13,8 @@ import threading
 
 import torch
 
+from ._walk import parameters
+
 _local = threading.local()
 
 
@@ -55,7 +57,7 @@ _FREED_WORTH = 256 << 20
 
 def weight_bytes(model) -> int:
     """Bytes of ``model``'s parameters (what a prune frees a share of)."""
-    return sum(t.numel() * t.element_size() for t in model.parameters())
+    return sum(t.numel() * t.element_size() for t in parameters(model))
 
 
 def release_free_memory(freed: int | None = None) -> None:

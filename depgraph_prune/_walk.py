@@ -55,3 +55,17 @@ def named_tensors(model: nn.Module, buffers: bool = True) -> dict:
                     if t is not None:
                         out[base + key] = t
     return out
+
+
+def parameters(model: nn.Module) -> list:
+    """``list(model.parameters())``: each parameter once (a tied one where first met)."""
+    out: list = []
+    seen: set = set()
+    for _, mod in named_modules(model):
+        params = mod.__dict__.get("_parameters")
+        if params:
+            for p in params.values():
+                if p is not None and id(p) not in seen:
+                    seen.add(id(p))
+                    out.append(p)
+    return out

@@ -18,8 +18,9 @@ from typing import Callable, Mapping
 
 import numpy as np
 import torch
+from torch import nn
 
-from ._walk import named_modules
+from ._walk import named_modules, named_tensors
 from .errors import PruningError
 from .graph import DependencyGraph, Group
 from .importance import shared_reads
@@ -43,7 +44,7 @@ def _producer_modules(graph: DependencyGraph) -> dict[int, list[tuple[str, tuple
     canonical = graph._ctx.canonical_name
     out: dict[int, list] = {}
     for name, mod in named_modules(graph.model):
-        if not name or not any(p is not None for p in mod._parameters.values()) and not hasattr(mod, "num_features"):
+        if not name or not any(p is not None for p in mod._parameters.values()) and not _has(mod, "num_features"):
             continue
         name_, dim = _out_key(name, mod)
         key = (canonical(name_), dim)
@@ -51,6 +52,15 @@ def _producer_modules(graph: DependencyGraph) -> dict[int, list[tuple[str, tuple
         if g is not None:
             out.setdefault(g.index, []).append((name, key))
     return out
+
+
+def _has(mod: nn.Module, attr: str) -> bool:
+    """``hasattr(mod, attr)`` without the exception a miss raises inside ``nn.Module.__getattr__``
+    (most modules have no such attribute), for modules that keep torch's ``__getattr__``."""
+    if type(mod).__getattr__ is not nn.Module.__getattr__:
+        return hasattr(mod, attr)
+    d = mod.__dict__
+    return attr in d or hasattr(type(mod), attr) or any(attr in d.get(t, ()) for t in ("_parameters", "_buffers", "_modules"))
 
 
 def group_ratios(graph: DependencyGraph, ratio: float | None, ratios: Mapping[str, float] | None) -> dict[int, float]:
@@ -378,13 +388,15 @@ def layer_widths(graph: DependencyGraph, plan: Mapping[Group, list[int]]) -> lis
     from .importance import member_tensor
     rows = []
     prod = producer_members(graph)
+    tensors = named_tensors(graph.model)  # one table, not a getattr walk per member
     for g, chans in plan.items():
         taken = np.zeros(g.size, dtype=bool)
         taken[np.asarray(list(chans), dtype=np.int64)] = True
         for name, m in prod.get(g.index, []):
             if m.kind != "param" or not m.name.endswith("weight"):
                 continue
-            t = member_tensor(graph.model, m.name)
+            t = tensors.get(m.name)
+            t = member_tensor(graph.model, m.name) if t is None else t
             if t is None or t.dim() < 2:
                 continue
             ch = np.asarray(m._channel_of)

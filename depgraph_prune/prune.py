@@ -5,11 +5,13 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
+import numpy as np
 from torch import nn
 
 from . import importance as _imp
 from ._fast_meta import to_meta as _to_meta
 from ._gc import old_objects_frozen
+from ._walk import parameters as _parameters
 from .errors import PruningError
 from .graph import DependencyGraph
 from . import progress as _progress
@@ -170,8 +172,15 @@ def _plan(graph, scorer, ratio, ratios, global_ranking, max_ratio, round_to, min
 def width_row(group, channels) -> tuple[str, int, int]:
     """``(member, width before, width after)`` for the result table: the first member that loses
     positions (a concat group's first member may be a part whose channels all stay)."""
+    chans = None
     for m in group.members:
-        lost = len(m.indices(channels)) if m.kind != "width" else 0
+        if m.kind == "width":
+            continue
+        if m._identity:  # position i is channel i: it loses the channels themselves
+            chans = np.unique(np.asarray(list(channels), dtype=np.int64)) if chans is None else chans
+            lost = int(((chans >= 0) & (chans < m.size)).sum())
+        else:
+            lost = len(m.indices(channels))
         if lost:
             return m.name, m.size, m.size - lost
     m = group.members[0]
@@ -202,7 +211,7 @@ def _count_before(graph, model, example_inputs) -> OpCount:
     macs = getattr(getattr(graph, "_ctx", None), "macs", None)
     if macs is None:
         return count_ops(model, example_inputs)
-    return OpCount(macs=int(macs), params=int(sum(p.numel() for p in model.parameters())))
+    return OpCount(macs=int(macs), params=int(sum(p.numel() for p in _parameters(model))))
 
 
 def _search_plan(model, example_inputs, graph, scorer, target_macs, kw, metric: str = "macs",
@@ -470,7 +479,7 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
         for r in records:
             r.pop("macs_after", None)
         if counted is not None:
-            after = OpCount(macs=int(counted), params=int(sum(p.numel() for p in model.parameters())))
+            after = OpCount(macs=int(counted), params=int(sum(p.numel() for p in _parameters(model))))
         else:
             after = count_ops(model, example_inputs)
     if records and hasattr(getattr(model, "config", None), "to_dict"):  # a transformers model
@@ -478,7 +487,7 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
         changed = update_config(model)
         if changed:
             notes.append("model.config: " + "; ".join(changed))
-    if not any(True for _ in model.parameters()):
+    if not _parameters(model):
         notes.append("the model has no parameters: nothing to prune")
     elif not records:
         notes.append("no prunable group: every channel is frozen or the ratios select nothing "

@@ -10,6 +10,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from .._walk import named_tensors
 from .atoms import AtomTable
 from .values import TV, Opaque, Sym
 
@@ -159,12 +160,19 @@ class BuildContext:
         return TV(shape, track, origin=v_qual)
 
     def canonical_name(self, qualname: str) -> str:
-        obj = self.model
-        try:
-            for part in qualname.split("."):
-                obj = getattr(obj, part)
-        except AttributeError:
-            return qualname
+        # a tensor's name from one table of the model's tensors (a getattr walk per lookup was a
+        # visible part of listing a model's layers); anything else by the walk
+        table = self.__dict__.get("_tensor_table")
+        if table is None or table[0] is not self.model:
+            table = self._tensor_table = (self.model, named_tensors(self.model))
+        obj = table[1].get(qualname)
+        if obj is None:
+            obj = self.model
+            try:
+                for part in qualname.split("."):
+                    obj = getattr(obj, part)
+            except AttributeError:
+                return qualname
         return self.canonical.get(id(obj), qualname)
 
     def attribute_for_constant(self, value: int, words=_WIDTH_WORDS) -> tuple[str, str] | None:
