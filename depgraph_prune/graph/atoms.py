@@ -101,14 +101,25 @@ class AtomTable:
             ncomp, labels = self._components()
         return ncomp, labels
 
+    def edge_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every union so far as two arrays (sources, destinations), concatenated once and kept
+        until the next union (or a restore that changed the list)."""
+        edges = self._edges
+        cached = self.__dict__.get("_edge_cache")
+        if cached is not None and cached[0] == len(edges) and (not edges or cached[1] is edges[-1]):
+            return cached[2], cached[3]
+        if edges:
+            src = np.concatenate([e[0] for e in edges])
+            dst = np.concatenate([e[1] for e in edges])
+        else:
+            src = dst = np.zeros(0, dtype=np.int64)
+        self.__dict__["_edge_cache"] = (len(edges), edges[-1] if edges else None, src, dst)
+        return src, dst
+
     def _components(self) -> tuple[int, np.ndarray]:
         if self.n == 0:
             return 0, np.zeros(0, dtype=np.int64)
-        if self._edges:
-            src = np.concatenate([e[0] for e in self._edges])
-            dst = np.concatenate([e[1] for e in self._edges])
-        else:
-            src = dst = np.zeros(0, dtype=np.int64)
+        src, dst = self.edge_arrays()
         mat = coo_matrix((np.ones(src.size, dtype=np.int8), (src, dst)), shape=(self.n, self.n))
         count, labels = connected_components(mat, directed=False)
         return count, labels.astype(np.int64)

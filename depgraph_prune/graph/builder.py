@@ -67,18 +67,30 @@ def _freeze_unread(ctx: BuildContext) -> None:
     Pruning such a dim would change a tensor that nothing else knows the size of."""
     table = ctx.atoms
     touched = np.zeros(table.n, dtype=bool)
-    for a, b in table._edges:
-        touched[a] = True
-        touched[b] = True
+    src, dst = table.edge_arrays()
+    touched[src] = True
+    touched[dst] = True
     for atoms, _ in table.freezes:
         touched[atoms] = True
     for c in table.constraints:
         touched[c.a[c.a >= 0]] = True
         touched[c.b[c.b >= 0]] = True
-    for m in list(ctx.members.values()):
-        real = m.atoms[m.atoms >= 0]
-        if m.kind == "width" or not real.size or touched[real].any():
+    members = list(ctx.members.values())
+    # which members have real positions and none touched, for all members in one pass
+    sizes = np.fromiter((m.atoms.size for m in members), dtype=np.int64, count=len(members))
+    full = np.flatnonzero(sizes > 0)
+    if not full.size:
+        return
+    flat = np.concatenate([m.atoms.ravel() for m in members])
+    real = flat >= 0
+    offsets = np.concatenate([[0], np.cumsum(sizes)])[:-1][full]
+    has_real = np.add.reduceat(real.astype(np.int64), offsets) > 0
+    hit = np.logical_or.reduceat(real & touched[np.maximum(flat, 0)], offsets)
+    for i in full[has_real & ~hit].tolist():
+        m = members[i]
+        if m.kind == "width":
             continue
+        real = m.atoms[m.atoms >= 0]
         owner = ctx.modules.get(m.name.rpartition(".")[0]) if "." in m.name else ctx.model
         if isinstance(owner, nn.modules.conv._ConvNd) and m.name.endswith(".weight") and m.dim >= 2:
             table.freeze(real, f"{KERNEL_DIM}`{m.name}` (dim {m.dim})")
