@@ -478,8 +478,9 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
         counted = record.get("macs_after") if record and callback is None else None
         for r in records:
             r.pop("macs_after", None)
+        params = _parameters(model)
         if counted is not None:
-            after = OpCount(macs=int(counted), params=int(sum(p.numel() for p in _parameters(model))))
+            after = OpCount(macs=int(counted), params=int(sum(p.numel() for p in params)))
         else:
             after = count_ops(model, example_inputs)
     if records and hasattr(getattr(model, "config", None), "to_dict"):  # a transformers model
@@ -487,7 +488,7 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
         changed = update_config(model)
         if changed:
             notes.append("model.config: " + "; ".join(changed))
-    if not _parameters(model):
+    if not params:
         notes.append("the model has no parameters: nothing to prune")
     elif not records:
         notes.append("no prunable group: every channel is frozen or the ratios select nothing "

@@ -60,6 +60,9 @@ class DependencyGraph:
 
     def _names(self, items, arg: str) -> list[str]:
         """Module names from names or module objects; types select every module of that type."""
+        items = list(items)
+        if not items:
+            return []
         by_id = {id(m): n for n, m in named_modules(self.model, remove_duplicate=False)}
         names = []
         for item in items:

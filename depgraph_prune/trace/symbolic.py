@@ -320,12 +320,14 @@ def _modes(model: nn.Module, training: bool):
     """Temporarily set every module's mode; restore each module's own flag afterwards."""
     saved = [(m, m.training) for m in _modules_of(model)]
     try:
-        for m, _ in saved:
-            _set_training(m, training)
+        for m, flag in saved:
+            if flag is not training:  # (an eval-mode model run in eval mode: nothing to switch)
+                _set_training(m, training)
         yield
     finally:
         for m, flag in saved:
-            _set_training(m, flag)
+            if m.training is not flag:
+                _set_training(m, flag)
 
 
 def _set_training(m: nn.Module, flag: bool):
