@@ -95,21 +95,48 @@ def _meta_of(t):
     return (t.shape, t.stride(), t.dtype, t.storage_offset())
 
 
+_PLAIN_TENSORS = frozenset({torch.Tensor, nn.Parameter})
+_PLAIN_SCALARS = frozenset(_SCALARS)
+
+
 def _key(obj):
+    """A hashable key of ``obj``'s metadata (tensors: shape, strides, dtype, offset; scalars: type
+    and value, so ``1``, ``1.0`` and ``True`` differ). The common containers (the argument tuple,
+    a list of sizes) are keyed in one loop: this runs a dozen times per op of every meta run."""
     cls = type(obj)
-    if cls is torch.Tensor or cls is torch.nn.Parameter:
+    if cls in _PLAIN_TENSORS:
         if not obj.is_meta:
             raise _NotCacheable
         return (obj.shape, obj.stride(), obj.dtype, obj.storage_offset())
+    if cls is tuple or cls is list:
+        out = [cls]
+        for o in obj:
+            c = type(o)
+            if c in _PLAIN_TENSORS:
+                if not o.is_meta:
+                    raise _NotCacheable
+                out.append((o.shape, o.stride(), o.dtype, o.storage_offset()))
+            elif c in _PLAIN_SCALARS:
+                out.append((c, o))
+            else:
+                out.append(_key(o))
+        return tuple(out)
+    if cls is dict and not obj:
+        return _EMPTY_DICT_KEY
+    if cls in _PLAIN_SCALARS:
+        return (cls, obj)
     if isinstance(obj, torch.Tensor):  # subclasses (fake tensors, ...) run as they are
         raise _NotCacheable
     if isinstance(obj, (tuple, list)):
-        return (type(obj).__name__,) + tuple(_key(o) for o in obj)
+        return (type(obj),) + tuple(_key(o) for o in obj)
     if isinstance(obj, dict):
-        return ("D",) + tuple((k, _key(v)) for k, v in sorted(obj.items()))
+        return (dict,) + tuple((k, _key(v)) for k, v in sorted(obj.items()))
     if isinstance(obj, _SCALARS):
-        return (type(obj).__name__, obj)
+        return (type(obj), obj)
     raise _NotCacheable
+
+
+_EMPTY_DICT_KEY = (dict,)
 
 
 def _spec(out):

@@ -68,6 +68,19 @@ def test_inplace_ops_return_their_argument_and_stay_correct():
                 small.add_(torch.empty(2, 3, device="meta"))
 
 
+def test_memo_keys_tell_apart_what_changes_an_ops_output():
+    from depgraph_prune._fast_meta import _key, _NotCacheable
+    t = torch.empty(2, 3, device="meta")
+    keys = [_key(v) for v in (1, 1.0, True, (1, 2), [1, 2], (t,), (t.t(),), (t[1:],), {"a": 1}, {"a": 1.0}, {},
+                              (torch.float32,), (torch.float16,), (None,), ("1",))]
+    assert len(set(keys)) == len(keys)  # 1 == 1.0 == True in Python: the key must not merge them
+    # equal metadata, equal keys, whatever the tensor object; dict order does not matter
+    assert _key((t, [1, 2], {"a": 1, "b": 2})) == _key((torch.empty(2, 3, device="meta"), [1, 2], {"b": 2, "a": 1}))
+    for bad in ((torch.zeros(2),), [torch.zeros(2)], {"x": torch.zeros(2)}, (object(),)):
+        with pytest.raises(_NotCacheable):  # real tensors and unknown objects are never memoized
+            _key(bad)
+
+
 @pytest.mark.parametrize("i", range(3))
 def test_memo_counts_flops_as_flop_counter_mode(i):
     name, model, x = _models()[i]
