@@ -192,8 +192,17 @@ def run(model: nn.Module, example_inputs, dtype=None, state: Mapping | None = No
     # preserved_attributes: what forward caches on ``self`` (anchors, shapes, flags) stays off the model
     with _modes(model, False), torch.no_grad(), torch.random.fork_rng(devices=devices), _default_dtype(dtype), \
             norms, reparam, hooks, preserved_attributes(model):
-        torch.manual_seed(0)
+        _seed(devices)
         return model(*args, **kwargs)
+
+
+def _seed(devices):
+    """Seed the generators ``fork_rng`` saved, and only those: ``torch.manual_seed`` would also
+    reseed every other device's generator for good (and queue a lazy CUDA, XPU and MTIA seeding
+    with a captured stack, a tenth of a millisecond a call, when CUDA is not initialized)."""
+    torch.default_generator.manual_seed(0)
+    for d in devices:
+        torch.cuda.default_generators[d].manual_seed(0)
 
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
