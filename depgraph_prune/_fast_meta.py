@@ -107,7 +107,7 @@ def _key(obj):
     if cls in _PLAIN_TENSORS:
         if not obj.is_meta:
             raise _NotCacheable
-        return (obj.shape, obj.stride(), obj.dtype, obj.storage_offset())
+        return _meta_of(obj)
     if cls is tuple or cls is list:
         out = [cls]
         for o in obj:
@@ -115,6 +115,7 @@ def _key(obj):
             if c in _PLAIN_TENSORS:
                 if not o.is_meta:
                     raise _NotCacheable
+                # _meta_of inlined: the one hot loop, a call per tensor argument saved
                 out.append((o.shape, o.stride(), o.dtype, o.storage_offset()))
             elif c in _PLAIN_SCALARS:
                 out.append((c, o))
