@@ -220,6 +220,7 @@ class Probe:
     def __init__(self, model: nn.Module, removed: dict, budget: int = 1 << 28):
         self.model, self.budget = model, budget
         self.layers = []  # (module, name, channel dim (negative: from the end), kept positions or None)
+        kept_of: dict = {}
         for name, mod in _named_modules(model):
             prefix = f"{name}." if name else ""
             if isinstance(mod, (*_CONVS, *_TCONVS)):
@@ -242,8 +243,10 @@ class Probe:
             drop = removed.get(f"{prefix}weight", {}).get(wdim)
             if drop is None:
                 kept = None
-            else:
-                kept = _kept_positions(size, drop)
+            else:  # one per shared positions tensor (see _removed_positions)
+                kept = kept_of.get((size, id(drop)))
+                if kept is None:
+                    kept = kept_of[(size, id(drop))] = _kept_positions(size, drop)
             self.layers.append((mod, name, cdim, kept, size))
         self.recorded: dict = {}
         self._worst = 0.0
@@ -393,10 +396,23 @@ def _removed_positions(graph, plan, removal_of_plan=None) -> dict[str, dict[int,
     from .surgery import removal
     no_mask = graph._ctx.no_mask
     out: dict[str, dict[int, torch.Tensor]] = {}
+    # members of one group mostly lose the same positions: they share one tensor of them, so
+    # the masks and kept positions built from it are built once (see _same)
+    shared: dict[bytes, torch.Tensor] = {}
     for m, rem in (removal(graph, plan) if removal_of_plan is None else removal_of_plan)[1]:
         if m.kind != "width" and (m.name, m.dim) not in no_mask:
-            out.setdefault(m.name, {})[m.dim] = torch.from_numpy(np.flatnonzero(rem))
+            key = rem.tobytes()
+            drop = shared.get(key)
+            if drop is None:
+                drop = shared[key] = torch.from_numpy(np.flatnonzero(rem))
+            out.setdefault(m.name, {})[m.dim] = drop
     return out
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two position tensors hold the same positions (mostly the same object: see
+    :func:`_removed_positions`)."""
+    return a is b or torch.equal(a, b)
 
 
 def _resolve(model, name, modules=None):
@@ -520,7 +536,8 @@ def _activation_masks(mod: nn.Module, entries, by_id: dict):
     ``y = layer(x * keep_in) * keep_out`` is the masked layer's output exactly (a zero weight
     column times x is the weight times a zero input; a zero weight row with a zero bias is a zero
     output) without copying the weight. None where that does not hold."""
-    if getattr(mod, "parametrizations", None) is not None:
+    # (looked up in the tables: a missing attribute costs Module.__getattr__ a raised error)
+    if mod._modules.get("parametrizations") is not None or "parametrizations" in mod.__dict__:
         return None
     if type(mod) in _BATCH_NORMS:
         return _batch_norm_mask(mod, entries, by_id)
@@ -539,7 +556,8 @@ def _activation_masks(mod: nn.Module, entries, by_id: dict):
     if set(w) - {0, 1}:
         return None
     rows = w.get(0)
-    if rows is not None and mod.bias is not None and not torch.equal(b.get(0, torch.empty(0, dtype=torch.long)), rows):
+    if rows is not None and mod._parameters.get("bias") is not None and \
+            not _same(b.get(0, torch.empty(0, dtype=torch.long)), rows):
         return None  # the bias is not zeroed where the rows are: the output is not zero there
     if rows is None and b:
         return None
@@ -564,7 +582,7 @@ def _batch_norm_mask(mod, entries, by_id):
     if set(by_key) - {"weight", "bias", "running_mean", "running_var"} or not {"weight", "bias"} <= set(by_key):
         return None
     rows = by_key["weight"].get(0)
-    if rows is None or any(set(d) != {0} or not torch.equal(d[0], rows) for d in by_key.values()):
+    if rows is None or any(set(d) != {0} or not _same(d[0], rows) for d in by_key.values()):
         return None
     return None, (_BATCH_NORMS[type(mod)], rows)
 
@@ -633,15 +651,16 @@ def _plain_layer_hooks(mod, entries, drop_in, drop_out, enter, leave, masks=None
     positions: list = []  # (kept input channels, kept output channels), on the first narrow call
     masks = {} if masks is None else masks
     modes: list = []  # per open call: narrowed or masked
-    drop_keys = {id(d[1]): d[1].numpy().tobytes() for d in (drop_in, drop_out) if d is not None}
 
-    def mask(x, where, drop):
+    def mask(x, where, drop, in_place=False):
         dim = x.dim() + where
-        key = (x.shape[dim], drop_keys[id(drop)], x.dim(), dim, x.dtype, x.device)
+        # keyed by the positions' object: layers of one group share it (_removed_positions),
+        # and it lives as long as the masking does
+        key = (x.shape[dim], id(drop), x.dim(), dim, x.dtype, x.device)
         m = masks.get(key)
         if m is None:
             m = masks[key] = _keep_vector(x, dim, drop)
-        return x * m
+        return x.mul_(m) if in_place else x * m
 
     def pre(m, args):
         x = args[0] if args else None
@@ -674,7 +693,8 @@ def _plain_layer_hooks(mod, entries, drop_in, drop_out, enter, leave, masks=None
         if drop_out is None or not isinstance(y, torch.Tensor):
             return None
         if not wide:
-            return mask(y, *drop_out)
+            # in place: a plain layer's output is a tensor of its own (the input is not)
+            return mask(y, *drop_out, in_place=True)
         dim = y.dim() + drop_out[0]
         shape = list(y.shape)
         shape[dim] = width
@@ -693,18 +713,22 @@ def masked_lazily(model: nn.Module, removed: dict, readers: Mapping[str, str]):
     What the trace may not have seen (a tensor read through a reference held elsewhere) makes
     the check fail, never pass: the caller then checks again with :func:`masked`."""
     modules = dict(_named_modules(model, remove_duplicate=False))  # one walk for every lookup below
-    by_id = {}
-    for name, dims in removed.items():
-        by_id[id(_resolve(model, name, modules))] = dims
-    masks = _Masks(by_id)
-    slots: dict[str, list] = {}  # reader module name -> [(table, key, tensor)]
+    slots_of: dict[str, tuple] = {}  # qualified name -> (table, key, tensor), every tensor slot
     for mod_name, mod in modules.items():
         prefix = f"{mod_name}." if mod_name else ""
         for table in (mod._parameters, mod._buffers):
             for key, t in table.items():
-                if t is not None and id(t) in by_id:
-                    reader = readers.get(prefix + key, "")
-                    slots.setdefault(reader, []).append((table, key, t))
+                if t is not None:
+                    slots_of[prefix + key] = (table, key, t)
+    by_id = {}
+    for name, dims in removed.items():
+        slot = slots_of.get(name)
+        by_id[id(slot[2] if slot is not None else _resolve(model, name, modules))] = dims
+    masks = _Masks(by_id)
+    slots: dict[str, list] = {}  # reader module name -> [(table, key, tensor)]
+    for name, slot in slots_of.items():
+        if id(slot[2]) in by_id:
+            slots.setdefault(readers.get(name, ""), []).append(slot)
     open_swaps: list = []  # (module, entries, old values) not yet put back, innermost last
     keep_masks: dict = {}  # the plain layers' 0/1 channel masks, shared
     handles = []
