@@ -90,10 +90,27 @@ class _Unknown:
         self.why = why
 
 
+class _ModuleStack(OrderedDict):
+    """fx's module stack, copied onto every node it creates (``nn_module_stack``) with
+    ``copy.copy``, whose generic path cost ten times a dict copy, per node of every trace."""
+
+    def __copy__(self):
+        return _ModuleStack(self)
+
+
+class _Scope(fx.proxy.Scope):
+    """fx's scope, copied (``copy.copy``) at every module call: the same, copied directly."""
+
+    def __copy__(self):
+        return _Scope(self.module_path, self.module_type)
+
+
 class _Tracer(fx.Tracer):
     def __init__(self, leaf_types: tuple[type, ...], leaf_names: frozenset[str], meta_args: tuple = (),
                  real: nn.Module | None = None):
         super().__init__()
+        self.module_stack = _ModuleStack()
+        self.scope = _Scope("", None)
         self._real = real
         # buffers become get_attr nodes (not constants folded from their values), so the rules
         # see them and the surgeon can slice them (FrozenBatchNorm2d, `self.slopes * self.dist`)
