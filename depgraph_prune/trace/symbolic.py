@@ -105,7 +105,31 @@ class _Scope(fx.proxy.Scope):
         return _Scope(self.module_path, self.module_type)
 
 
+class _Graph(fx.Graph):
+    """fx's graph, less a scan of every new node's arguments (a pytree walk) for raw symbolic
+    integers to warn about: a symbolic trace of concrete-shaped meta values makes none."""
+
+    def create_node(self, op, target, args=None, kwargs=None, name=None, type_expr=None):
+        node = super().create_node(op, target, None, None, name, type_expr)
+        if args:  # (fx's own accounting of uses and users, as when given to the constructor)
+            node.args = args
+        if kwargs:
+            node.kwargs = kwargs
+        return node
+
+
 class _Tracer(fx.Tracer):
+    @property
+    def graph(self) -> fx.Graph:
+        return self.__dict__["graph"]
+
+    @graph.setter
+    def graph(self, g: fx.Graph):
+        # fx.Tracer.trace makes a plain fx.Graph: it becomes a _Graph (same state, one method less costly)
+        if type(g) is fx.Graph:
+            g.__class__ = _Graph
+        self.__dict__["graph"] = g
+
     def __init__(self, leaf_types: tuple[type, ...], leaf_names: frozenset[str], meta_args: tuple = (),
                  real: nn.Module | None = None):
         super().__init__()
@@ -119,7 +143,8 @@ class _Tracer(fx.Tracer):
         self._evaluating = False
         self.decided: list[str] = []  # nodes whose concrete value decided an `if`/`assert`
         self.record_stack_traces = True  # source lines let rules see which attribute a constant came from
-        self._leaf_types = leaf_types
+        self._leaf_types = frozenset(leaf_types)
+        self._leaf_of_type: dict[type, bool] = {}
         self._leaf_names = leaf_names
         self._stack: list[str] = []
         self.failed_in: str | None = None  # innermost module whose forward raised
@@ -236,6 +261,15 @@ class _Tracer(fx.Tracer):
         """Objects fx has no node for (a transformers ``DynamicCache`` handed to a leaf module)
         become attributes of the root read with ``get_attr``: the leaf still runs in shape
         propagation, and the builder sees a value that is not a tensor."""
+        # the common arguments first, as fx ends up treating them: fx tests each against
+        # nn.Parameter (a Python-level isinstance), Tensor, Module and more before that
+        kind = type(a)
+        if kind is _Proxy or kind is _Attribute:
+            return a.node
+        if kind in _ATOMS:
+            return a
+        if kind is tuple or kind is list:
+            return kind([self.create_arg(x) for x in a])
         try:
             return super().create_arg(a)
         except NotImplementedError:
@@ -257,7 +291,9 @@ class _Tracer(fx.Tracer):
         """fx's ``getattr`` finds a parameter's name by walking ``root.named_parameters()`` on
         every access (quadratic in a model that reads parameters in ``forward``, as ConvNeXt's
         layer scales); the same lookup from one table per trace."""
-        if not isinstance(attr_val, torch.Tensor) or self.param_shapes_constant:
+        if not isinstance(attr_val, torch.Tensor):
+            return attr_val  # (a submodule, mostly: what fx returns too, after a slow Parameter test)
+        if self.param_shapes_constant:
             return super().getattr(attr, attr_val, parameter_proxy_cache)
         tables = getattr(self, "_name_tables", None)
         if tables is None or tables[0] is not self.root:
@@ -298,9 +334,14 @@ class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         # Exact type match: subclasses (e.g. torchvision's LayerNorm2d, which permutes inside
         # its forward) must be traced through, not treated as their base class.
-        if qualname in self._leaf_names or rule_type(m, self._leaf_types) is not None:
+        if qualname in self._leaf_names:
             return True
-        return super().is_leaf_module(m, qualname)
+        kind = type(m)
+        leaf = self._leaf_of_type.get(kind)
+        if leaf is None:  # a question of the type alone (fx's own answer too): asked once per type
+            leaf = self._leaf_of_type[kind] = rule_type(m, self._leaf_types) is not None or \
+                super().is_leaf_module(m, qualname)
+        return leaf
 
 
 # Ops whose integer arguments are dim indices or part counts, never widths: the rules never ask
@@ -321,15 +362,24 @@ def _takes_dims_only(kind: str, target) -> bool:
 
 
 def _has_int_constant(obj) -> bool:
-    if type(obj) is int:
+    kind = type(obj)
+    if kind is int:
         return abs(obj) > 1
+    if kind in _NO_INTS:  # (most arguments: nodes; asked at every node created)
+        return False
     if isinstance(obj, (tuple, list)):
-        return any(_has_int_constant(o) for o in obj)
+        for o in obj:
+            if _has_int_constant(o):
+                return True
+        return False
     if isinstance(obj, dict):
-        return any(_has_int_constant(o) for o in obj.values())
+        return _has_int_constant(tuple(obj.values()))
     if isinstance(obj, slice):
         return _has_int_constant((obj.start, obj.stop, obj.step))
     return False
+
+
+_NO_INTS = frozenset({fx.Node, float, str, bool, type(None)})
 
 
 @contextlib.contextmanager
@@ -686,11 +736,13 @@ def _tensor_metadata(t: torch.Tensor):
     return TensorMetadata(t.shape, t.dtype, t.requires_grad, t.stride(), None, False, {})
 
 
-def _record_shapes(gm: fx.GraphModule, args) -> Any:
+def _record_shapes(gm: fx.GraphModule, args, memo=None) -> Any:
     """Run the graph node by node and record each node's output metadata in
     ``node.meta["tensor_meta"]`` (what fx's ShapeProp records, without ShapeProp's deep copy of
     the module). A lean loop instead of ``fx.Interpreter``, whose per-node bookkeeping (a progress
-    bar, a context manager, a dotted-path walk per module call) cost as much as the meta ops."""
+    bar, a context manager, a dotted-path walk per module call) cost as much as the meta ops.
+    ``memo``: a FLOP-counting :class:`~depgraph_prune._fast_meta.MetaMemo`; each node that
+    counted FLOPs gets them in ``node.meta["flops"]``."""
     env: dict = {}
     load = env.__getitem__
     modules = dict(_named_modules(gm, remove_duplicate=False))
@@ -699,6 +751,7 @@ def _record_shapes(gm: fx.GraphModule, args) -> Any:
     thaw = lambda v: list(v) if isinstance(v, list) else v  # noqa: E731
     for n in gm.graph.nodes:
         op = n.op
+        flops = memo.flops if memo is not None else 0
         try:
             if op == "placeholder":
                 if n.target.startswith("*"):
@@ -727,6 +780,8 @@ def _record_shapes(gm: fx.GraphModule, args) -> Any:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise _NodeFailure(f"at node `{n.name}` ({n.format_node()[:120]}): {type(exc).__name__}: {msg}") from exc
         env[n] = result
+        if memo is not None and memo.flops != flops:
+            n.meta["flops"] = memo.flops - flops
         if isinstance(result, torch.Tensor):  # most nodes: no tree walk
             n.meta["tensor_meta"] = _tensor_metadata(result)
             continue
@@ -762,7 +817,7 @@ def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, binding: Binding, re
             # meta tensors: shapes only, no memory, and the model's own tensors are never touched
             torch.backends.mha.set_fastpath_enabled(False)
             with on_meta(gm, count_flops=True) as memo:
-                _record_shapes(gm, to_meta(flat_args))
+                _record_shapes(gm, to_meta(flat_args), memo)
             return True, memo.flops // 2
         except Exception:
             restore(saved)  # meta tensors a leaf cached on self before it failed
