@@ -474,7 +474,8 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float | None = None, imp
         if callback is not None:
             callback(model, i)
     with _progress.stage("count"):
-        # the last round's verification ran the pruned model at full size and counted them
+        # the last round's verification counted them (running the pruned model at full size on
+        # meta tensors, or from its weights' sizes: verify.macs_from_weights)
         counted = record.get("macs_after") if record and callback is None else None
         for r in records:
             r.pop("macs_after", None)

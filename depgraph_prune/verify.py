@@ -21,7 +21,9 @@ reported (and frozen by the caller), and the rest is checked again.
 Two shortcuts make the check cheap, and neither is trusted with a failure (a mismatch seen with
 one is checked again without it, and the shortcut is dropped): where the trace is size-generic,
 image inputs are checked on a centre crop (:func:`reduced_inputs`), the pruned model then run at
-the given size on meta tensors; in the model's own dtype the masked original is made one module
+the given size on meta tensors (which counts its MACs), except where every op that counts is a
+plain convolution or linear layer: its MACs then follow from its weights (:func:`macs_from_weights`)
+and the run at the given size is implied by the crop's; in the model's own dtype the masked original is made one module
 at a time (:func:`masked_lazily`), with no copy of the model and nothing to restore.
 
 Groups whose channels reach a channel-normalizing op cannot pass this test as it stands, since
@@ -210,6 +212,9 @@ _TCONVS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm)
 
 
+_PROBED: dict[type, bool] = {}  # module type -> whether it is one of the kinds Probe looks at
+
+
 class Probe:
     """Layer outputs compared on their kept channels, so the check does not rest on the model's
     final output alone (a randomly initialised model may have a zero classifier, making its
@@ -222,6 +227,12 @@ class Probe:
         self.layers = []  # (module, name, channel dim (negative: from the end), kept positions or None)
         kept_of: dict = {}
         for name, mod in _named_modules(model):
+            probed = _PROBED.get(type(mod))
+            if probed is None:  # (most modules are containers and activations: one lookup each)
+                probed = _PROBED[type(mod)] = isinstance(mod, (*_CONVS, *_TCONVS, nn.Linear, nn.Embedding,
+                                                                nn.LayerNorm, *_NORMS))
+            if not probed:
+                continue
             prefix = f"{name}." if name else ""
             if isinstance(mod, (*_CONVS, *_TCONVS)):
                 wdim = 1 if isinstance(mod, _TCONVS) else 0
@@ -873,6 +884,31 @@ def reduced_inputs(graph):
     return out if changed else None
 
 
+def macs_from_weights(graph) -> int | None:
+    """The pruned model's MACs at the example inputs, without running it: where every op that
+    counts FLOPs is a plain convolution or linear layer (``BuildContext.flops_per_weight``), each
+    call's FLOPs are its weight's element count times the factor counted before the surgery.
+
+    Only for a size-generic graph checked on a smaller input: its trace made no decision on any
+    input value, so the pruned model, checked there to compute what the masked original computes
+    (outputs of the same shapes), runs the same ops at the example inputs' size, where the
+    original ran; channel widths are all that changed, and they are in the weights. None when
+    that does not hold (the check then runs the pruned model on meta tensors at the given size)."""
+    ctx = graph._ctx
+    sites = getattr(ctx, "flops_per_weight", None)
+    if sites is None or not getattr(ctx, "size_generic", False):
+        return None
+    modules = dict(_named_modules(graph.model, remove_duplicate=False))
+    flops = 0
+    for name, per_element in sites:
+        mod = modules.get(name)
+        w = mod._parameters.get("weight") if mod is not None else None
+        if w is None:
+            return None
+        flops += per_element * w.numel()
+    return flops // 2
+
+
 class _Checker:
     """Runs the check of a plan. Two shortcuts are tried first and given up for the rest of the
     prune as soon as a check fails with them, so that a failure is only ever reported by the
@@ -954,16 +990,21 @@ class _Checker:
             del refs
             if keep and diff <= self.tol and record and small is not None:
                 # checked on a smaller input: the pruned model must still run, with the same output
-                # shapes, on the user's (on meta tensors, counting its MACs on the way)
-                from .surgery import check_runs
-                counted: list = []
-                with stage("verify"):
-                    problem = check_runs(model, self.graph.example_inputs, self.graph._output_structure,
-                                         meta=getattr(self.graph._ctx, "meta_ok", True), macs=counted)
-                if problem:
-                    diff = float("inf")
-                elif counted:
-                    self.macs_after = counted[0]
+                # shapes, on the user's (on meta tensors, counting its MACs on the way), unless
+                # its MACs follow from its weights (see macs_from_weights)
+                macs = macs_from_weights(self.graph)
+                if macs is not None:
+                    self.macs_after = macs
+                else:
+                    from .surgery import check_runs
+                    counted: list = []
+                    with stage("verify"):
+                        problem = check_runs(model, self.graph.example_inputs, self.graph._output_structure,
+                                             meta=getattr(self.graph._ctx, "meta_ok", True), macs=counted)
+                    if problem:
+                        diff = float("inf")
+                    elif counted:
+                        self.macs_after = counted[0]
         except BaseException:  # our own failure (not the model's): undo, then report it
             if record:
                 record["undo"]()

@@ -1,7 +1,8 @@
 """The check's two shortcuts (``depgraph_prune.verify._Checker``) and what backs them.
 
 * a smaller input (``reduced_inputs``) where the trace made no decision on input values, with
-  the pruned model then run at the user's size on meta tensors (which also counts its MACs);
+  the pruned model then run at the user's size on meta tensors (which also counts its MACs),
+  unless its MACs follow from its weights (``macs_from_weights``);
 * in the model's own dtype, masking one module at a time (``masked_lazily``) instead of
   zeroing and restoring slices in place.
 
@@ -85,7 +86,7 @@ def test_prune_is_checked_on_the_smaller_input(seen_inputs, monkeypatch, native)
     rep = res.verification[0]
     assert not rep.guilty and rep.exact == 2 and rep.max_diff <= rep.tolerance  # c1+bn, c2
     assert set(seen_inputs) == {(64, 64)}  # every numerical run on the smaller input
-    # the pruned model's MACs at the user's size came from the check's full-size meta run
+    # the pruned model's MACs at the user's size, from its weights (no full-size run needed)
     assert res.after == dp.count_ops(m, x)
     assert m.c1.out_channels == 8
 
@@ -314,6 +315,8 @@ def test_lazily_masked_model_equals_the_model_masked_in_place(spec, data):
 
 def test_a_full_size_run_that_fails_after_a_crop_passed_sends_the_check_to_the_given_input(monkeypatch, seen_inputs):
     from depgraph_prune import surgery
+    # (Net's MACs follow from its weights, which spares the full-size run: make it run)
+    monkeypatch.setattr(V, "macs_from_weights", lambda graph: None)
     calls = []
     check_runs = surgery.check_runs
 
@@ -359,3 +362,55 @@ def test_batch_norm_is_masked_on_its_outputs_without_a_copy():
     h.remove()
     assert seen == [True] and m[1].weight is weight  # the norm's own tensors, unzeroed, during its call
     assert V.compare(ref, out) <= 1e-6
+
+
+class Gram(nn.Module):
+    """A product of two activations (attention's kind of op): its FLOPs do not follow from a weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.c2 = nn.Conv2d(16, 16, 3, padding=1, stride=2)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        y = torch.relu(self.c2(torch.relu(self.c1(x)))).flatten(2)
+        g = torch.bmm(y, y.transpose(1, 2)) / y.shape[-1]  # (b, 16, 16)
+        return self.fc(g.mean(1))
+
+
+def _full_size_runs(monkeypatch):
+    from depgraph_prune import surgery
+    calls = []
+    check_runs = surgery.check_runs
+
+    def spy(model, inputs, *a, **k):
+        calls.append(tuple(inputs.shape[2:]))
+        return check_runs(model, inputs, *a, **k)
+    monkeypatch.setattr(surgery, "check_runs", spy)
+    return calls
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "shufflenet_v2_x0_5", "googlenet"])
+def test_macs_from_the_weights_are_the_counted_ones(monkeypatch, name):
+    """Convolution and linear layers only: the pruned model's MACs come from its weights, with
+    no run at the given size, and equal what count_ops counts on the pruned model."""
+    import torchvision
+    calls = _full_size_runs(monkeypatch)
+    torch.manual_seed(0)
+    m, x = torchvision.models.get_model(name, weights=None).eval(), torch.randn(1, 3, 128, 128)
+    res = dp.prune(m, x, ratio=0.5)
+    assert calls == [] and res.after.macs < 0.5 * res.before.macs
+    assert res.after == dp.count_ops(m, x)
+
+
+def test_a_product_of_activations_keeps_the_full_size_run(monkeypatch):
+    calls = _full_size_runs(monkeypatch)
+    torch.manual_seed(0)
+    m, x = Gram().eval(), torch.randn(1, 3, 128, 128)
+    g = dp.build_graph(m, x)
+    assert g._ctx.size_generic and g._ctx.flops_per_weight is None and V.macs_from_weights(g) is None
+    assert dp.build_graph(Net().eval(), x)._ctx.flops_per_weight is not None
+    res = dp.prune(m, x, ratio=0.5)
+    assert calls == [(128, 128)]  # after the check on the crop, the run at the given size
+    assert res.after == dp.count_ops(m, x) and m.c1.out_channels == 8

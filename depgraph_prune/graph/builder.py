@@ -317,6 +317,30 @@ def _readers(gm, names: Iterable[str]) -> dict[str, str]:
     return out
 
 
+#: layers whose FLOPs (as counted: convolution and matrix-product formulas) are their weight's
+#: element count times a factor set by the positions they run over, which pruning channels
+#: does not change (a grouped convolution's weight holds its per-group widths already)
+_WEIGHT_FLOP_LAYERS = frozenset({nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d,
+                                 nn.ConvTranspose2d, nn.ConvTranspose3d})
+
+
+def _flops_per_weight(gm) -> list | None:
+    """``BuildContext.flops_per_weight`` from the FLOPs shape propagation recorded per node;
+    None when any node that counted FLOPs is something else (attention's products of two
+    activations, a functional convolution, a parametrized weight)."""
+    sites = []
+    for node in gm.graph.nodes:
+        flops = node.meta.get("flops")
+        if not flops:
+            continue
+        mod = gm.get_submodule(node.target) if node.op == "call_module" else None
+        w = mod._parameters.get("weight") if type(mod) in _WEIGHT_FLOP_LAYERS else None
+        if w is None or not w.numel() or flops % w.numel() or "parametrizations" in mod._modules:
+            return None
+        sites.append((node.target, flops // w.numel()))
+    return sites
+
+
 def build_context(model: nn.Module, example_inputs: Any, leaf_names: Iterable[str] = (),
                   attention: str = "heads") -> tuple[BuildContext, list[str]]:
     load_optional_rules()
@@ -340,6 +364,7 @@ def build_context(model: nn.Module, example_inputs: Any, leaf_names: Iterable[st
     ctx.macs = tr.macs
     ctx.readers = _readers(tr.gm, [n for n, _ in params + buffers])
     ctx.size_generic = not tr.decided and not tr.opaque and tr.meta_ok
+    ctx.flops_per_weight = _flops_per_weight(tr.gm) if tr.macs is not None else None
     with _progress.stage("build"):
         walk(ctx, tr.gm, tr.decided)
     reached = set(tr.reached_params)

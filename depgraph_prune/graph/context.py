@@ -78,6 +78,11 @@ class BuildContext:
     #: check, no ``int(x.shape[-1])``, no opaque leaf): the model runs the same ops at any input
     #: size, so verification may run on a smaller input (see ``verify.reduced_inputs``)
     size_generic: bool = False
+    #: when every op of the eval-mode run that counts FLOPs is a plain convolution or linear
+    #: layer: (module name, FLOPs per element of its weight) for each call, so the MACs of a
+    #: pruned model at the example inputs follow from its weights' sizes (spatial sizes and
+    #: token counts do not change when channels go); None otherwise
+    flops_per_weight: list | None = None
 
     def snapshot(self):
         a = self.atoms
