@@ -12,7 +12,7 @@ its ``__dict__``, and the contents of the lists, dicts and sets held there, whic
 parameter, buffer and submodule tables; hook tables are kept by identity), and puts them back
 when the block ends, whatever happened inside. Writes into objects nested deeper are not seen,
 nor writes into the plain torch.nn layers (convolutions, norms, activations, ...; ``_INERT``),
-whose own forward never writes to them.
+whose own forward never writes to them, nor into subclasses that only add a constructor to one.
 """
 from __future__ import annotations
 
@@ -80,6 +80,28 @@ def _inert_types() -> frozenset:
 
 
 _INERT = _inert_types()
+_INERT_OF: dict[type, bool] = {}
+#: what a class may define of its own and still run an inert base's forward untouched
+_INERT_OWN = frozenset({"__init__", "__module__", "__qualname__", "__doc__", "__annotations__", "__dict__",
+                        "__weakref__", "__firstlineno__", "__static_attributes__", "__orig_bases__",
+                        "__parameters__"})
+
+
+def _inert(cls: type) -> bool:
+    """One of ``_INERT``, or a subclass that only adds an ``__init__`` to one (torchvision's
+    ``Conv2dNormActivation``, a ``Sequential`` built in its constructor): its forward is the
+    inert base's, reading the module tables it filled."""
+    ok = _INERT_OF.get(cls)
+    if ok is None:
+        ok = cls in _INERT
+        if not ok:
+            for c in cls.__mro__[1:]:
+                if c in _INERT:
+                    own = cls.__mro__[:cls.__mro__.index(c)]
+                    ok = all(set(vars(k)) <= _INERT_OWN for k in own)
+                    break
+        _INERT_OF[cls] = ok
+    return ok
 
 
 def snapshot(model: nn.Module, tables: str = "contents"):
@@ -90,7 +112,7 @@ def snapshot(model: nn.Module, tables: str = "contents"):
     by_name = tables == "added"
     skip = _HOOK_TABLES | set(_MODULE_TABLES) if by_name else _HOOK_TABLES
     for m in modules(model):
-        if type(m) in _INERT:
+        if _inert(type(m)):
             continue
         d = m.__dict__
         names = [(d[k], set(d[k])) for k in _MODULE_TABLES if isinstance(d.get(k), dict)] if by_name else []

@@ -77,8 +77,14 @@ def scratch(numel: int) -> torch.Tensor:
     buffer instead of a fresh block per step, which would fragment the heap."""
     buf = getattr(_local, "buf", None)
     if buf is None or buf.numel() < numel:
-        buf = _local.buf = torch.empty(numel, dtype=torch.float64)
+        # at least a block at once: growing it call by call (the weights come smallest first)
+        # made a dozen fresh buffers per prune, each paying its page faults anew
+        buf = _local.buf = torch.empty(max(numel, SCRATCH_MIN), dtype=torch.float64)
     return buf[:numel]
+
+
+#: elements of the smallest scratch buffer made (1 MiB: the scoring's block size)
+SCRATCH_MIN = 1 << 17
 
 
 def drop_scratch() -> int:

@@ -48,8 +48,10 @@ class DependencyGraph:
 
     # -- construction helpers ---------------------------------------------------------------
     def _ignore(self, ctx, ignored_layers):
-        names = {id(m): n for n, m in named_modules(self.model)}
+        names = None  # (module objects only: names are looked up by a walk of the model)
         for item in ignored_layers:
+            if not isinstance(item, str) and names is None:
+                names = {id(m): n for n, m in named_modules(self.model)}
             name = item if isinstance(item, str) else names.get(id(item))
             if name is None or name not in ctx.modules:
                 raise PruningError(f"ignored_layers names {item!r}, which is not a submodule of the model")

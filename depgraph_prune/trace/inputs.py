@@ -129,6 +129,9 @@ def traced_outputs(out):
     return None
 
 
+_ENTRY_CODE: dict = {}  # (source, file name) -> compiled entry maker
+
+
 def bind(model: nn.Module, example_inputs: Any) -> Binding:
     """The entry function and tensor leaves for tracing ``model`` on ``example_inputs``."""
     args, kwargs = normalize_inputs(example_inputs)
@@ -153,7 +156,13 @@ def bind(model: nn.Module, example_inputs: Any) -> Binding:
     tup = "(" + "".join(f"{n}, " for n in names) + ")"
     src = f"def _make(_call):\n    def forward({params}):\n        return _call(self, {tup})\n    return forward\n"
     scope: dict = {}
-    exec(compile(src, f"<depgraph_prune entry for {type(model).__name__}>", "exec"), scope)
+    where = f"<depgraph_prune entry for {type(model).__name__}>"
+    code = _ENTRY_CODE.get((src, where))
+    if code is None:  # compiled once per signature: a prune binds several times
+        if len(_ENTRY_CODE) >= 256:
+            _ENTRY_CODE.clear()
+        code = _ENTRY_CODE[(src, where)] = compile(src, where, "exec")
+    exec(code, scope)
     made = scope["_make"](call)
     entry = types.FunctionType(made.__code__, forward.__globals__, "forward", None, made.__closure__)
     entry.__qualname__ = f"{type(model).__qualname__}.forward"
