@@ -123,3 +123,26 @@ def test_side_effects_undone_restores_in_place_edits():
         model.training = False
     assert model.head.seen is seen and seen == [] and cache == {} and model.head.by_device is cache
     assert not hasattr(model.head, "new_attr") and isinstance(model.head.conv, nn.Conv2d) and model.training
+
+
+def test_a_layer_that_only_adds_a_constructor_to_an_inert_one_is_skipped_and_others_restored():
+    """Snapshots skip torch.nn's plain layers and subclasses that only add an ``__init__`` to one
+    (torchvision's ``Conv2dNormActivation``); a subclass with a forward of its own is restored."""
+    from depgraph_prune._isolation import _inert, snapshot
+
+    class Block(nn.Sequential):
+        def __init__(self):
+            super().__init__(nn.Conv2d(3, 3, 1), nn.ReLU())
+
+    class Writes(nn.Sequential):
+        def forward(self, x):
+            self.seen = tuple(x.shape)
+            return super().forward(x)
+
+    assert _inert(Block) and _inert(nn.Sequential) and not _inert(Writes)
+    m = nn.Sequential(Block(), Writes(nn.ReLU()))
+    assert [s[0] for s in snapshot(m)] == [m[1]]  # the root is a plain Sequential too
+    with side_effects_undone(m):
+        m(torch.randn(1, 3, 4, 4))
+        assert m[1].seen == (1, 3, 4, 4)
+    assert not hasattr(m[1], "seen")
