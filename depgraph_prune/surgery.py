@@ -161,7 +161,7 @@ def apply_plan(graph, plan: Mapping, removal_of_plan: tuple | None = None) -> di
     for mod, mod_name in touched_modules.values():
         attr_updates.extend(_width_attrs(mod, mod_name, new_tensors, widths.get(mod_name, {})))
     # the record is built before anything is touched, so it cannot fail after the commit
-    names = _module_names(model) if attr_updates else {}
+    names = _module_names(model, modules) if attr_updates else {}
     record = {"kept": {f"{n}:{d}": idx.tolist() for (n, d), idx in keeps.items()},
               "rescaled": [[n, d, np.asarray(i).tolist(), f] for n, d, i, f in rescale],
               "attrs": {(f"{n}.{a}" if (n := names.get(id(m), "?")) else a): _jsonable(v)
@@ -250,10 +250,11 @@ def _rescales(graph, removed, keeps) -> list:
     return out
 
 
-def _module_names(model) -> dict[int, str]:
-    """Each module's first qualified name (a shared module is recorded under one name)."""
+def _module_names(model, modules: dict | None = None) -> dict[int, str]:
+    """Each module's first qualified name (a shared module is recorded under one name);
+    ``modules``: the model's ``named_modules(remove_duplicate=False)`` table, when made already."""
     names: dict[int, str] = {}
-    for n, m in named_modules(model, remove_duplicate=False):
+    for n, m in (modules.items() if modules is not None else named_modules(model, remove_duplicate=False)):
         names.setdefault(id(m), n)
     return names
 

@@ -244,6 +244,8 @@ def _reparametrized(mod: nn.Module, pname: str):
     """``(kind, v path, g path, g dim)`` when ``mod.<pname>`` is computed from other tensors:
     ``torch.nn.utils.parametrizations.weight_norm``, the legacy ``nn.utils.weight_norm`` hook, or
     another parametrization (kind names it; paths None)."""
+    if "parametrizations" not in mod._modules and not mod._forward_pre_hooks:
+        return None  # (most modules: no raised miss of Module.__getattr__ in is_parametrized)
     from torch.nn.utils import parametrize
     from torch.nn.utils.weight_norm import WeightNorm
     if parametrize.is_parametrized(mod, pname):

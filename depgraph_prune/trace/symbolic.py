@@ -438,7 +438,7 @@ def structural_copy(model: nn.Module) -> nn.Module:
             return None
         out = tensors.get(id(t))
         if out is None:
-            meta = t.detach().to("meta")
+            meta = torch.empty_like(t, device="meta")  # (what .detach().to("meta") makes, in one op)
             out = tensors[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) \
                 if isinstance(t, nn.Parameter) else meta
         return out
@@ -530,7 +530,23 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] =
     leaf_names = set(leaf_names)
     opaque: dict[str, str] = {}
     meta_args = tuple(to_meta(binding.leaves))
-    with _modes(model, training), _entry(model, binding), _torch_patches():
+    with _modes(model, training):  # one switch (and walk) for the trace and the propagation
+        gm, tracer = _trace_graph(model, binding, leaf_types, leaf_names, opaque, meta_args, real_model)
+        meta_ok, macs = _propagate_shapes(gm, model, binding, real_model or model)
+    reached = set()
+    under = names_under(named_tensors(model, buffers=False))
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            reached.add(node.target)
+        elif node.op == "call_module":
+            reached.update(under.get(node.target, ()))
+    return Trace(gm, training, reached, opaque, tracer.decided, meta_ok, macs)
+
+
+def _trace_graph(model, binding, leaf_types, leaf_names, opaque, meta_args, real_model):
+    """fx's trace of ``model`` through its entry function, retried with the module that failed
+    made an opaque leaf; returns the graph module and the tracer."""
+    with _entry(model, binding), _torch_patches():
         # what forward stores on self while traced (proxies: `self.shape = x.shape`) is put back
         # after every attempt, or the retry and the shape propagation would read stale proxies
         saved = snapshot(model)
@@ -553,16 +569,7 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_types: Iterable[type] =
         gm = _graph_module(tracer.root, graph, type(model).__name__)
         restore(saved)
         _keep_constants(model, gm)
-    with _modes(model, training):
-        meta_ok, macs = _propagate_shapes(gm, model, binding, real_model or model)
-    reached = set()
-    under = names_under(named_tensors(model, buffers=False))
-    for node in gm.graph.nodes:
-        if node.op == "get_attr":
-            reached.add(node.target)
-        elif node.op == "call_module":
-            reached.update(under.get(node.target, ()))
-    return Trace(gm, training, reached, opaque, tracer.decided, meta_ok, macs)
+    return gm, tracer
 
 
 def _graph_module(root: nn.Module, graph: fx.Graph, class_name: str) -> fx.GraphModule:
