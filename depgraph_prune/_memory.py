@@ -83,7 +83,7 @@ def scratch(numel: int) -> torch.Tensor:
     return buf[:numel]
 
 
-#: elements of the smallest scratch buffer made (1 MiB: the scoring's block size)
+#: elements of the smallest scratch buffer made, and the scoring's block (1 MiB of float64)
 SCRATCH_MIN = 1 << 17
 
 

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._memory import drop_scratch, release_free_memory, scratch
+from ._memory import SCRATCH_MIN, drop_scratch, release_free_memory, scratch
 from ._walk import named_modules as _named_modules, named_tensors
 from .errors import PruningError
 from .graph.groups import Group, GroupMember
@@ -96,7 +96,7 @@ def _slices(t: torch.Tensor, dim: int) -> torch.Tensor:
     return t.detach().to("cpu", torch.float64).movedim(dim, 0).reshape(t.shape[dim], -1)
 
 
-_BLOCK = 1 << 17  # float64 elements converted at a time (1 MiB: the block stays in cache)
+_BLOCK = SCRATCH_MIN  # float64 elements converted at a time (1 MiB: the block stays in cache)
 
 
 def _row_sums(t: torch.Tensor, dim: int, fn: Callable[..., torch.Tensor]) -> torch.Tensor:
